@@ -1,0 +1,248 @@
+"""Load, validate and save run configs.
+
+Precedence, lowest first: dataclass defaults (`chatbridge/config.py`) < the model's default YAML
+(`chatbridge/configs/models/{arch}_{model_type}.yaml`) < the run YAML < `--options key=value` overrides.
+Every problem is reported as one `ConfigError` line naming the key, its section and the source it came from,
+so that a typo fails at start-up with a message a researcher can act on, never deep inside a launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from chatbridge.config import ModelConfig, TrainConfig
+
+MODEL_PRESETS_DIR = Path(__file__).parent / "configs" / "models"
+PLACEHOLDER_PREFIXES = ("/path/to/", "???")
+OPTIONS_SOURCE = "--options"
+
+
+class ConfigError(ValueError):
+    """A config problem, described in one line."""
+
+
+@dataclasses.dataclass
+class Source:
+    """One layer of the merge and where it came from (a file path or `--options`)."""
+
+    name: str
+    data: DictConfig
+
+
+def load_config(cfg_path: str | Path, options: Sequence[str] = (), require_paths: bool = True) -> TrainConfig:
+    """Merge defaults, the model preset, the run YAML and overrides into a validated `TrainConfig`.
+
+    Args:
+        cfg_path: the run YAML.
+        options: LAVIS-style overrides such as `run.init_lr=1e-5` or `model.perceiver.num_query_tokens=16`.
+        require_paths: fail on path placeholders such as `/path/to/vicuna` (off to validate shipped templates).
+    """
+    run_source = Source(str(cfg_path), _read_yaml(Path(cfg_path)))
+    option_source = Source(OPTIONS_SOURCE, _parse_options(options))
+    sources = [model_preset_source(run_source, option_source), run_source, option_source]
+    merged: DictConfig = OmegaConf.structured(TrainConfig)
+    for source in sources:
+        merged = _merge(merged, source)
+    config = _to_object(merged, sources)
+    if require_paths:
+        check_paths(config, sources)
+    resolve_paths(config)
+    return config
+
+
+def model_preset_source(*sources: Source) -> Source:
+    """The model's default YAML, chosen by `model.arch` and `model.model_type` (later sources win)."""
+    arch, model_type = ModelConfig.arch, ModelConfig.model_type
+    for source in sources:
+        arch = OmegaConf.select(source.data, "model.arch", default=arch)
+        model_type = OmegaConf.select(source.data, "model.model_type", default=model_type)
+    path = MODEL_PRESETS_DIR / f"{arch}_{model_type}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no model preset for arch {arch!r} and model_type {model_type!r}; known: {known}")
+    return Source(_display_path(path), _read_yaml(path))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (next to every run's outputs and inside checkpoints)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(config_to_yaml(config))
+
+
+def config_to_yaml(config: Any) -> str:
+    """The config (or any config section) as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as error:  # yaml.YAMLError and friends: report the file, not a traceback
+        raise ConfigError(f"{path}: not valid YAML: {error}".splitlines()[0]) from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping with sections model, datasets, run")
+    return data
+
+
+def _parse_options(options: Sequence[str]) -> DictConfig:
+    """`key=value` pairs, or LAVIS's alternating `key value` form."""
+    pairs = list(options)
+    if pairs and all("=" not in item for item in pairs):
+        if len(pairs) % 2:
+            raise ConfigError(f"{OPTIONS_SOURCE}: expected key=value pairs, got {pairs}")
+        pairs = [f"{key}={value}" for key, value in zip(pairs[::2], pairs[1::2], strict=True)]
+    for item in pairs:
+        if "=" not in item:
+            raise ConfigError(f"{OPTIONS_SOURCE}: expected key=value, got {item!r}")
+    return OmegaConf.from_dotlist(pairs)
+
+
+def _merge(merged: DictConfig, source: Source) -> DictConfig:
+    try:
+        return OmegaConf.merge(merged, source.data)
+    except ConfigKeyError as error:
+        raise ConfigError(_unknown_key_message(error, source.name)) from None
+    except ValidationError as error:
+        raise ConfigError(_wrong_value_message(error, source)) from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{source.name}: {str(error).splitlines()[0]}") from None
+
+
+def _to_object(merged: DictConfig, sources: list[Source]) -> TrainConfig:
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", "")
+        raise ConfigError(f"{_source_of(key, sources)}: {str(error).splitlines()[0]} (key {key!r})") from None
+    assert isinstance(config, TrainConfig)
+    return config
+
+
+def _unknown_key_message(error: ConfigKeyError, source: str) -> str:
+    full_key = str(error.full_key)
+    section, _, key = full_key.rpartition(".")
+    valid = [f.name for f in dataclasses.fields(error.object_type)] if error.object_type else []
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+    where = f"section {section!r}" if section else "the top level"
+    return f"{source}: unknown key {key!r} in {where} ({hint})"
+
+
+def _wrong_value_message(error: ValidationError, source: Source) -> str:
+    full_key = str(error.full_key)
+    expected = _expected_type(error.object_type, full_key.rpartition(".")[2])
+    value = OmegaConf.select(source.data, full_key, default=None, throw_on_missing=False)
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value)
+    return f"{source.name}: wrong type for {full_key!r}: expected {expected}, got {value!r} ({type(value).__name__})"
+
+
+def _expected_type(owner: type | None, key: str) -> str:
+    if owner is None or not dataclasses.is_dataclass(owner):
+        return "another type"
+    hint = typing.get_type_hints(owner).get(key)
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    return _type_name(hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in typing.get_args(hint))
+    if origin is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_paths(config: TrainConfig, sources: list[Source] | None = None) -> None:
+    """Fail on every path field still holding a placeholder, naming the key and what belongs there."""
+    for key, value, what in _path_fields(config, ""):
+        if isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIXES):
+            origin = _source_of(key, sources or [])
+            raise ConfigError(
+                f"{origin}: {key!r} is unset (placeholder {value!r}): set it to {what}, "
+                f"in the YAML or with --options {key}=<path>"
+            )
+
+
+def _path_fields(node: Any, prefix: str) -> typing.Iterator[tuple[str, Any, str]]:
+    if isinstance(node, dict):
+        for name, child in node.items():
+            yield from _path_fields(child, f"{prefix}{name}.")
+        return
+    if not dataclasses.is_dataclass(node):
+        return
+    for spec in dataclasses.fields(node):
+        value = getattr(node, spec.name)
+        if "path" in spec.metadata:
+            yield f"{prefix}{spec.name}", value, spec.metadata["path"]
+        else:
+            yield from _path_fields(value, f"{prefix}{spec.name}.")
+
+
+def _source_of(key: str, sources: list[Source]) -> str:
+    """The last source that sets `key` (later sources override earlier ones), else the defaults."""
+    for source in reversed(sources):
+        if key and OmegaConf.select(source.data, key, default=None, throw_on_missing=False) is not None:
+            return source.name
+    return "chatbridge/config.py (default)"
+
+
+def resolve_paths(config: TrainConfig) -> None:
+    """Make every relative path field absolute against `run.root` (itself relative to the working directory)."""
+    root = Path(config.run.root).expanduser().resolve()
+    for key, value, _what in _path_fields(config, ""):
+        if isinstance(value, str) and not value.startswith(PLACEHOLDER_PREFIXES):
+            _set_by_key(config, key, str(root / Path(value).expanduser()))
+
+
+def _set_by_key(config: TrainConfig, key: str, value: str) -> None:
+    *parents, name = key.split(".")
+    node: Any = config
+    for part in parents:
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    setattr(node, name, value)
+
+
+def _display_path(path: Path) -> str:
+    """A path shown relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def registry_references(config: TrainConfig) -> list[tuple[str, Any, str]]:
+    """Every (config key, registry, name) the config refers to, so that all can be resolved before a launch."""
+    from chatbridge import registry
+
+    registry.load_builtin_components()
+    model = config.model
+    references = [
+        ("model.arch", registry.MODELS, model.arch),
+        ("model.vision.name", registry.ENCODERS, model.vision.name),
+        ("model.audio.name", registry.ENCODERS, model.audio.name),
+        ("model.perceiver.name", registry.CONNECTORS, model.perceiver.name),
+        ("model.llm.name", registry.LLMS, model.llm.name),
+    ]
+    references += [(f"datasets.{name}.builder", registry.DATASETS, d.builder) for name, d in config.datasets.items()]
+    return references
+
+
+def check_registry_names(config: TrainConfig) -> None:
+    """Resolve every registered name the config uses; an unknown one fails naming its key and the known names."""
+    for key, registry, name in registry_references(config):
+        if name not in registry:
+            raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; known: {registry.names()}")

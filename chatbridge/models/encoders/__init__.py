@@ -1,0 +1,5 @@
+"""Frozen towers; importing this package registers their builders."""
+
+from chatbridge.models.encoders import audio, image
+
+__all__ = ["audio", "image"]

@@ -1,0 +1,241 @@
+"""Audio encoder: BEATs followed by `ln_audio` (spec 1.5, 1.6, 3.4), plus official-checkpoint loading.
+
+BEATs itself is hand-written in `beats.py` because no library ships it. An official BEATs checkpoint is a dict
+`{"cfg": <hyper-parameters>, "model": <state dict>}`; its `cfg` is the authority on the architecture, because
+`deep_norm` has no parameters and a wrong value would load strictly and still change every output. Hence two ways
+to build: `build_beats` (registered as "beats") from `AudioEncoderConfig`, and `build_beats_from_checkpoint_cfg`
+from the checkpoint's own `cfg`; `load_beats_checkpoint` then refuses a checkpoint whose `cfg` disagrees with the
+built network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chatbridge.config import AudioEncoderConfig
+from chatbridge.models.encoders.beats import BEATs
+from chatbridge.registry import ENCODERS
+
+# Official `cfg` key -> `BEATs` constructor argument.
+_CFG_TO_KWARG = {
+    "input_patch_size": "patch_size",
+    "embed_dim": "embed_dim",
+    "encoder_embed_dim": "width",
+    "encoder_layers": "depth",
+    "encoder_attention_heads": "num_heads",
+    "encoder_ffn_embed_dim": "ffn_dim",
+    "conv_pos": "conv_pos",
+    "conv_pos_groups": "conv_pos_groups",
+    "relative_position_embedding": "relative_position_embedding",
+    "num_buckets": "num_buckets",
+    "max_distance": "max_distance",
+    "gru_rel_pos": "gru_rel_pos",
+    "deep_norm": "deep_norm",
+    "layer_norm_first": "layer_norm_first",
+    "conv_bias": "conv_bias",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+    "dropout_input": "dropout_input",
+    "encoder_layerdrop": "layerdrop",
+}
+# Upstream `BEATsConfig` defaults of keys that only act in training mode, for cfgs that omit them.
+_TRAINING_DEFAULTS = {
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "dropout_input": 0.0,
+    "encoder_layerdrop": 0.0,
+}
+# Keys accepted and dropped: the gradient multiplier only scales gradients into the layers (no forward effect),
+# and the predictor settings matter only for fine-tuned classifiers, which `finetuned_model` rejects.
+_IGNORED_KEYS = {"layer_wise_gradient_decay_ratio", "predictor_dropout", "predictor_class"}
+# Keys whose only supported value is upstream's pre-trained-encoder setting.
+_FIXED_VALUES = {"activation_fn": "gelu", "finetuned_model": False}
+_WEIGHT_NORM_OLD_TO_NEW = {
+    ".weight_g": ".parametrizations.weight.original0",
+    ".weight_v": ".parametrizations.weight.original1",
+}
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype, like LAVIS's `LayerNorm` subclass.
+
+    Same as `image.Fp32LayerNorm`; kept here so the audio tower does not depend on the vision module.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class AudioEncoder(nn.Module):
+    """BEATs followed by ChatBridge's `ln_audio`.
+
+    `ln_audio` is freshly initialized in the reference (no checkpoint provides it) and frozen, so with the released
+    weights it is a parameter-free LayerNorm; it is kept as a module so ChatBridge checkpoints load by name.
+
+    Attributes:
+        backbone: the BEATs network.
+        ln_audio: LayerNorm over the BEATs tokens, computed in fp32.
+        width: token width D_a.
+    """
+
+    def __init__(self, backbone: BEATs, ln_audio_eps: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.width: int = backbone.width
+        self.ln_audio = Fp32LayerNorm(self.width, eps=ln_audio_eps)
+
+    def num_tokens(self, num_frames: int, num_mel_bins: int) -> int:
+        """Tokens per segment: 256 for the reference's (1024, 64) fbank segments with 16 x 16 patches."""
+        return self.backbone.num_tokens(num_frames, num_mel_bins)
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        """Encode normalized fbank segments (N, T, F) into (N, num_tokens, width) features."""
+        # 1. BEATs: patchify (time-major tokens), project, transformer.
+        tokens = self.backbone(fbank)  # (N, T/p * F/p, D_a)
+        # 2. ChatBridge's ln_audio.
+        return self.ln_audio(tokens)
+
+
+@ENCODERS.register("beats")
+def build_beats(cfg: AudioEncoderConfig) -> AudioEncoder:
+    """Build BEATs + `ln_audio` with random weights from the dataclass; no file I/O, so it builds on meta too.
+
+    Relative positions are always on and the patch conv has no bias, as in every released BEATs checkpoint;
+    dropouts are 0 because the tower runs frozen. For another checkpoint use `build_beats_from_checkpoint_cfg`.
+    """
+    backbone = BEATs(
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        width=cfg.width,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        ffn_dim=cfg.ffn_dim,
+        conv_pos=cfg.conv_pos,
+        conv_pos_groups=cfg.conv_pos_groups,
+        relative_position_embedding=True,
+        num_buckets=cfg.num_buckets,
+        max_distance=cfg.max_distance,
+        gru_rel_pos=cfg.gru_rel_pos,
+        deep_norm=cfg.deep_norm,
+        layer_norm_first=cfg.layer_norm_first,
+        conv_bias=False,
+    )
+    return AudioEncoder(backbone, cfg.ln_audio_eps)
+
+
+def _read_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or not {"cfg", "model"} <= checkpoint.keys():
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{Path(path).name}: not an official BEATs checkpoint (need keys 'cfg' and 'model'): {found}")
+    return checkpoint
+
+
+def read_beats_cfg(path: str | os.PathLike) -> dict[str, Any]:
+    """The `cfg` dict of an official BEATs checkpoint (the file is read in full: torch.load cannot skip tensors)."""
+    return dict(_read_official_checkpoint(path)["cfg"])
+
+
+def beats_kwargs_from_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Map an official BEATs `cfg` onto `BEATs` constructor arguments.
+
+    Architecture keys are required (upstream would silently fall back to defaults such as `deep_norm=False`);
+    missing dropout/layer-drop keys take upstream's defaults since they act only in training mode.
+
+    Raises:
+        ValueError: naming unknown keys, missing architecture keys, or settings this port does not implement.
+    """
+    known = _CFG_TO_KWARG.keys() | _IGNORED_KEYS | _FIXED_VALUES.keys()
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown BEATs cfg keys {unknown}; known: {sorted(known)}")
+    missing = sorted(_CFG_TO_KWARG.keys() - _TRAINING_DEFAULTS.keys() - cfg.keys())
+    if missing:
+        raise ValueError(f"BEATs cfg lacks architecture keys {missing}")
+    unsupported = {key: cfg[key] for key, value in _FIXED_VALUES.items() if cfg.get(key, value) != value}
+    if unsupported:
+        raise ValueError(f"unsupported BEATs settings {unsupported}; supported: {_FIXED_VALUES}")
+    merged = {**_TRAINING_DEFAULTS, **cfg}
+    return {kwarg: merged[key] for key, kwarg in _CFG_TO_KWARG.items()}
+
+
+def _rename_suffixes(state_dict: dict[str, Tensor], renames: dict[str, str]) -> dict[str, Tensor]:
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+                break
+        renamed[key] = value
+    return renamed
+
+
+def old_to_new_weight_norm_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`nn.utils.weight_norm` names (`*.weight_g`, `*.weight_v`) -> parametrization names (`original0/1`).
+
+    Works under any prefix (e.g. `audio_encoder.` in a ChatBridge checkpoint); other keys pass unchanged.
+    """
+    return _rename_suffixes(state_dict, _WEIGHT_NORM_OLD_TO_NEW)
+
+
+def new_to_old_weight_norm_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Parametrization names -> `nn.utils.weight_norm` names, for writing checkpoints in the official layout."""
+    return _rename_suffixes(state_dict, {new: old for old, new in _WEIGHT_NORM_OLD_TO_NEW.items()})
+
+
+def build_beats_from_checkpoint_cfg(
+    path: str | os.PathLike, *, ln_audio_eps: float = AudioEncoderConfig.ln_audio_eps
+) -> AudioEncoder:
+    """Build (random weights) the encoder that an official checkpoint's `cfg` describes; load it afterwards.
+
+    This is how real checkpoints are built: the checkpoint's `cfg` wins over `AudioEncoderConfig`'s defaults.
+    """
+    return AudioEncoder(BEATs(**beats_kwargs_from_cfg(read_beats_cfg(path))), ln_audio_eps)
+
+
+def _check_architecture(backbone: BEATs, cfg: dict[str, Any], name: str) -> None:
+    built = backbone.architecture()
+    expected = beats_kwargs_from_cfg(cfg)
+    differing = [
+        f"{key}: checkpoint {expected[key]!r} vs built {built[key]!r}" for key in built if expected[key] != built[key]
+    ]
+    if differing:
+        raise ValueError(
+            f"{name}: BEATs cfg disagrees with the built encoder ({'; '.join(differing)}); "
+            "build it with build_beats_from_checkpoint_cfg"
+        )
+
+
+def load_beats_checkpoint(encoder: AudioEncoder, path: str | os.PathLike) -> None:
+    """Load an official BEATs checkpoint into `encoder.backbone`, strictly; `ln_audio` keeps its init.
+
+    Old weight-norm names are remapped. The encoder must be materialized (not on the meta device), since copying
+    into meta tensors would silently load nothing.
+
+    Raises:
+        ValueError: the file is not in the official format, its `cfg` differs from the built architecture, or
+            its keys differ from the encoder's (all naming the file).
+    """
+    name = Path(path).name
+    backbone = encoder.backbone
+    if any(parameter.is_meta for parameter in backbone.parameters()):
+        raise ValueError(f"{name}: cannot load into an encoder on the meta device; materialize it first")
+    checkpoint = _read_official_checkpoint(path)
+    _check_architecture(backbone, checkpoint["cfg"], name)
+    state_dict = old_to_new_weight_norm_keys(checkpoint["model"])
+    expected = backbone.state_dict().keys()
+    missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(f"{name}: BEATs state dict mismatch; missing keys {missing}; unexpected keys {unexpected}")
+    # The shared relative-position table is repeated under every layer name; as upstream, the last copy wins.
+    backbone.load_state_dict(state_dict, strict=True)

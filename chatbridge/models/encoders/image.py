@@ -1,0 +1,177 @@
+"""EVA-ViT-g image encoder on timm's `Eva`, numerically equal to LAVIS's `eva_vit.py` (spec 1.2, 1.3, 3.3).
+
+ChatBridge (like BLIP-2) feeds the Q-Former with every token of the *penultimate* EVA-CLIP-g block: 39 of 40 blocks,
+no final norm, no pooling, then a separate `ln_vision` LayerNorm (eps 1e-5, computed in fp32) whose weights come
+from the BLIP-2 checkpoint. We reuse timm's maintained `Eva` instead of vendoring LAVIS's copy of BEiT; the tests
+check it against an independent re-implementation of the LAVIS block.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.eva import Eva
+from torch import Tensor, nn
+
+from chatbridge.config import VisionEncoderConfig
+from chatbridge.registry import ENCODERS
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype, like LAVIS's `LayerNorm` subclass.
+
+    The weights are upcast too, so the module keeps working after the tower is cast to bf16/fp16.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class ImageEncoder(nn.Module):
+    """EVA backbone (all tokens of its last block, no final norm) followed by `ln_vision`.
+
+    Attributes:
+        backbone: timm `Eva` built without final norm, pooling or head.
+        ln_vision: BLIP-2's LayerNorm over the backbone tokens.
+        width: token width D_v.
+        num_tokens: tokens per image, 1 (CLS) + number of patches.
+    """
+
+    def __init__(self, backbone: Eva, ln_vision_eps: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.width: int = backbone.embed_dim
+        self.num_tokens: int = backbone.patch_embed.num_patches + backbone.num_prefix_tokens
+        self.ln_vision = Fp32LayerNorm(self.width, eps=ln_vision_eps)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """Encode normalized pixels (N, 3, H, W) at the built resolution into (N, num_tokens, width) features."""
+        # 1. Patch embedding, CLS token, absolute position embedding, the kept blocks. timm's final `norm` and
+        #    `norm_pre` are Identity in this configuration (see `build_eva_vit_g`), so this is the raw last block.
+        tokens = self.backbone.forward_features(pixels)  # (N, 1 + H/p * W/p, D)
+        # 2. BLIP-2's ln_vision.
+        return self.ln_vision(tokens)
+
+
+@ENCODERS.register("eva_vit_g")
+def build_eva_vit_g(cfg: VisionEncoderConfig) -> ImageEncoder:
+    """Build EVA-ViT-g (or a tiny variant) with random weights; load them with `load_eva_checkpoint`.
+
+    Every flag that differs from timm's defaults or from EVA-02 is spelled out: LAVIS's EVA is BEiT-style with an
+    exact-GELU MLP, fused qkv with separate q/v biases (zero k bias), absolute position embedding including the CLS
+    row, no RoPE, no layer-scale, no final norm. No file or network I/O, so it also builds on the meta device.
+    """
+    backbone = Eva(
+        img_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_classes=0,
+        global_pool="",
+        embed_dim=cfg.width,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        qkv_bias=True,
+        qkv_fused=True,
+        mlp_ratio=cfg.mlp_ratio,
+        swiglu_mlp=False,
+        scale_mlp=False,
+        scale_attn_inner=False,
+        norm_layer=partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+        init_values=None,
+        class_token=True,
+        use_abs_pos_emb=True,
+        use_rot_pos_emb=False,
+        use_post_transformer_norm=False,
+        use_fc_norm=False,
+    )
+    return ImageEncoder(backbone, ln_vision_eps=cfg.ln_vision_eps)
+
+
+def lavis_eva_to_timm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a LAVIS `eva_vit_g.pth` state dict to timm `Eva` keys.
+
+    Both descend from BEiT and timm 1.0.x kept LAVIS's names (`attn.qkv.weight`, `attn.q_bias`, `attn.v_bias`,
+    `mlp.fc1`, ...; timm's zero `k_bias` is a non-persistent buffer), so this is the identity. It exists so that a
+    future timm rename is handled in one place; the tests compare the key sets with a real `Eva`.
+    """
+    return dict(state_dict)
+
+
+def timm_eva_to_lavis(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of `lavis_eva_to_timm` (also the identity for timm 1.0.x)."""
+    return dict(state_dict)
+
+
+def load_eva_checkpoint(encoder: ImageEncoder, path: str | os.PathLike) -> None:
+    """Load LAVIS EVA weights (a raw state dict or `{"model": state_dict}`) into `encoder.backbone`.
+
+    Blocks with an index >= the encoder's depth are dropped on purpose: `eva_vit_g.pth` holds all 40 EVA-CLIP-g
+    blocks and ChatBridge/BLIP-2 keep 39, so `blocks.39.*` is expected and ignored (LAVIS did this implicitly
+    with a non-strict load). The patch part of `pos_embed` is bicubically resized if the grid differs, keeping the
+    CLS row. Every other missing or unexpected key raises. `ln_vision` is not in this file (it comes from BLIP-2).
+
+    Raises:
+        ValueError: the file's keys or shapes do not match the backbone, or the encoder is on the meta device.
+    """
+    backbone = encoder.backbone
+    if any(param.is_meta for param in backbone.parameters()):
+        raise ValueError(f"cannot load {path} into meta tensors; call encoder.to_empty(device=...) first")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state_dict.get("model"), dict):
+        state_dict = state_dict["model"]
+    state_dict = lavis_eva_to_timm(_drop_blocks_from(state_dict, len(backbone.blocks)))
+    if "pos_embed" in state_dict:
+        state_dict["pos_embed"] = _resize_pos_embed(state_dict["pos_embed"], backbone, path)
+    expected = set(backbone.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"EVA checkpoint {path} does not match the encoder: missing {missing}, unexpected {unexpected}"
+        )
+    try:
+        backbone.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # shape mismatches: same keys, different architecture
+        raise ValueError(f"EVA checkpoint {path} does not fit the encoder: {error}") from error
+    # to_empty() leaves non-persistent buffers (the zero k bias) uninitialized and no checkpoint restores them.
+    for module in backbone.modules():
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+
+
+def _drop_blocks_from(state_dict: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """Remove `blocks.N.*` entries with N >= depth (the unused last EVA-CLIP-g block)."""
+    kept = {}
+    for key, value in state_dict.items():
+        match = _BLOCK_KEY.match(key)
+        if match is None or int(match.group(1)) < depth:
+            kept[key] = value
+    return kept
+
+
+def _resize_pos_embed(pos_embed: Tensor, backbone: Eva, path: str | os.PathLike) -> Tensor:
+    """Resize a square checkpoint grid to the backbone's grid as LAVIS's `interpolate_pos_embed` does.
+
+    Same arithmetic as LAVIS: fp32, bicubic, align_corners=False and no antialiasing (timm's default would
+    antialias when shrinking); the prefix (CLS) row is copied unchanged.
+    """
+    prefix = backbone.num_prefix_tokens
+    old_side = math.isqrt(pos_embed.shape[1] - prefix)
+    if old_side * old_side != pos_embed.shape[1] - prefix:
+        raise ValueError(f"pos_embed {tuple(pos_embed.shape)} in {path} is not a CLS row plus a square grid")
+    return resample_abs_pos_embed(
+        pos_embed.float(),
+        new_size=list(backbone.patch_embed.grid_size),
+        old_size=[old_side, old_side],
+        num_prefix_tokens=prefix,
+        interpolation="bicubic",
+        antialias=False,
+    )

@@ -1,0 +1,142 @@
+"""The frozen causal language model and its tokenizer, loaded from a local Hugging Face folder.
+
+No prompt logic lives here: templates are in `chatbridge/data/templates.py` and tokenisation of training samples in
+`chatbridge/data/collate.py`. This module only knows how to turn a folder into `(model, tokenizer)`.
+
+Tokenizer fidelity: the reference (transformers 4.28, `LlamaTokenizer(use_fast=False)`) sends every separately
+encoded text chunk straight to sentencepiece, so each chunk gets sentencepiece's dummy prefix "▁". transformers 5 has
+no slow LLaMA tokenizer any more; its `LlamaTokenizer` is a `tokenizers` BPE converted from `tokenizer.model`, and
+even with `legacy=True` it drops the dummy prefix of chunks that start with a space (" and its background audio: ")
+and splits user-defined pieces differently (checked on transformers 5.23). `LegacyLlamaTokenizer` below therefore
+calls `sentencepiece.SentencePieceProcessor` directly, which is exactly what the 4.28 slow tokenizer did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import peft
+import sentencepiece as spm
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizer
+from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+from chatbridge.config import LLMConfig, LoraConfig, Precision
+from chatbridge.models.tiny_llm import ensure_tiny_llama_folder
+from chatbridge.registry import LLMS
+
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PATH_KEY = "model.llm.path"
+
+
+class LegacyLlamaTokenizer(SentencePieceBackend):
+    """LLaMA's slow sentencepiece tokenizer with transformers-4.28 semantics.
+
+    Text is split on special tokens ("<s>", "</s>", "<unk>"), as in 4.28, and every remaining chunk is encoded by
+    sentencepiece on its own, dummy prefix included. `add_special_tokens=True` prepends BOS and never appends EOS.
+    """
+
+    vocab_files_names = {"vocab_file": "tokenizer.model"}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, vocab_file: str, **kwargs: Any) -> None:
+        kwargs.update(legacy=True, special_tokens_pattern="bos")  # legacy keeps the dummy prefix in the model proto
+        super().__init__(vocab_file=vocab_file, **kwargs)
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        """One chunk -> sentencepiece pieces, with no prefix tricks (what 4.28's `LlamaTokenizer._tokenize` did)."""
+        return self.sp_model.encode(text, out_type=str)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizer:
+    """The folder's `tokenizer.model` as a `LegacyLlamaTokenizer`, with pad := eos as in the reference.
+
+    The special tokens are read from the sentencepiece model itself rather than from `tokenizer_config.json`,
+    because early LLaMA conversions shipped configs with empty bos/eos strings; the ids (unk 0, bos 1, eos 2 for
+    LLaMA) are what the reference relied on.
+    """
+    model_file = Path(path) / "tokenizer.model"
+    if not model_file.is_file():
+        raise FileNotFoundError(_missing_message(path, "tokenizer.model"))
+    pieces = spm.SentencePieceProcessor(model_file=str(model_file))
+    eos = pieces.id_to_piece(pieces.eos_id())
+    return LegacyLlamaTokenizer(
+        vocab_file=str(model_file),
+        unk_token=pieces.id_to_piece(pieces.unk_id()),
+        bos_token=pieces.id_to_piece(pieces.bos_id()),
+        eos_token=eos,
+        pad_token=eos,
+    )
+
+
+def load_causal_lm(path: str | Path, precision: Precision, frozen: bool) -> PreTrainedModel:
+    """Load the causal LM from a local folder only (never the Hub), in `precision`, optionally frozen.
+
+    Legacy checkpoints that persist `rotary_emb.inv_freq` (transformers 4.28) load fine: transformers reports the
+    keys as unexpected and recomputes the buffer. A frozen LLM is put in eval mode with no parameter requiring grad.
+    """
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(_missing_message(path, "config.json"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[precision], local_files_only=True)
+    if frozen:
+        model.requires_grad_(False)
+        model.eval()
+    return model
+
+
+def add_lora(model: PreTrainedModel, lora: LoraConfig) -> peft.PeftModel:
+    """Wrap `model` with peft LoRA adapters; only the adapters are trainable afterwards."""
+    adapter = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, adapter)
+
+
+def build_causal_lm_on_meta(config_dict: dict[str, Any]) -> PreTrainedModel:
+    """A causal LM on the meta device from a `config.json`-style dict (with `model_type`), for counting parameters
+    and checking shapes of full-size models without allocating their weights."""
+    options = dict(config_dict)
+    config = AutoConfig.for_model(options.pop("model_type"), **options)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+@LLMS.register("hf_causal_lm")
+def build_hf_causal_lm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
+    """A local Hugging Face causal-LM folder (e.g. Vicuna-13B v0) -> (model, tokenizer), with optional LoRA."""
+    if cfg.lora.rank > 0 and not cfg.frozen:
+        raise ValueError("model.llm.lora.rank > 0 needs model.llm.frozen = true: LoRA trains adapters, not the LLM")
+    path = _require_path(cfg)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, cfg.precision, cfg.frozen)
+    if cfg.lora.rank > 0:
+        model = add_lora(model, cfg.lora)
+    return model, tokenizer
+
+
+@LLMS.register("tiny_llama")
+def build_tiny_llama(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
+    """Generate the tiny LLaMA folder at `cfg.path` if absent, then load it exactly like `hf_causal_lm`."""
+    ensure_tiny_llama_folder(_require_path(cfg), cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads)
+    return build_hf_causal_lm(cfg)
+
+
+def _require_path(cfg: LLMConfig) -> str:
+    if cfg.path is None:
+        raise ValueError(f"{_PATH_KEY} is not set; it should be {_path_help()}")
+    return cfg.path
+
+
+def _missing_message(path: str | Path, missing: str) -> str:
+    return f"{_PATH_KEY} = {str(path)!r} has no {missing}; {_PATH_KEY} should be {_path_help()}"
+
+
+def _path_help() -> str:
+    """What belongs at `model.llm.path`, from the field's own metadata so the text lives in one place."""
+    return next(f.metadata["path"] for f in dataclasses.fields(LLMConfig) if f.name == "path")

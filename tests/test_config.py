@@ -1,0 +1,167 @@
+"""Config loading: merge precedence, validation messages by exact text, shipped YAMLs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatbridge import config_loading
+from chatbridge.config_loading import ConfigError, load_config, registry_references, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(
+    path
+    for folder in ("train_configs", "instructiontuning_configs", "eval_configs")
+    for path in (REPO / folder).glob("*.yaml")
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def presets(tmp_path, monkeypatch) -> Path:
+    """A private model-preset folder with one preset, `chatbridge_test`."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    write(folder / "chatbridge_test.yaml", "model:\n  perceiver:\n    num_query_tokens: 8\n    num_layers: 3\n")
+    monkeypatch.setattr(config_loading, "MODEL_PRESETS_DIR", folder)
+    return folder
+
+
+def test_merge_precedence_defaults_preset_yaml_options(tmp_path, presets):
+    run_yaml = write(
+        tmp_path / "run.yaml",
+        "model:\n  model_type: test\n  perceiver:\n    num_query_tokens: 16\n    hidden_size: 64\n",
+    )
+    config = load_config(run_yaml, ["model.perceiver.hidden_size=128"], require_paths=False)
+    perceiver = config.model.perceiver
+    assert perceiver.num_heads == 12  # dataclass default, untouched by any layer
+    assert perceiver.num_layers == 3  # model preset over the default
+    assert perceiver.num_query_tokens == 16  # run YAML over the preset
+    assert perceiver.hidden_size == 128  # --options over the run YAML
+
+
+def test_options_accept_lavis_alternating_form(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n")
+    config = load_config(run_yaml, ["run.init_lr", "1e-5", "run.seed", "7"], require_paths=False)
+    assert (config.run.init_lr, config.run.seed) == (1e-5, 7)
+
+
+def test_unknown_key_names_key_section_file_and_suggestion(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  perceiver:\n    num_query_tokn: 8\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == (
+        f"{run_yaml}: unknown key 'num_query_tokn' in section 'model.perceiver' (did you mean 'num_query_tokens'?)"
+    )
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\nrun:\n  zzz: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz' in section 'run' \(valid keys: root, output_dir, seed,"):
+        load_config(run_yaml, require_paths=False)
+
+
+def test_unknown_top_level_section_from_options(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, ["modle.arch=x"], require_paths=False)
+    assert str(error.value) == "--options: unknown key 'modle' in the top level (did you mean 'model'?)"
+
+
+def test_unknown_key_inside_a_named_dataset(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\ndatasets:\n  coco:\n    wieght: 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == f"{run_yaml}: unknown key 'wieght' in section 'datasets.coco' (did you mean 'weight'?)"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("run:\n  init_lr: abc\n", "wrong type for 'run.init_lr': expected float, got 'abc' (str)"),
+        ("run:\n  grad_clip: abc\n", "wrong type for 'run.grad_clip': expected float or null, got 'abc' (str)"),
+        (
+            "model:\n  model_type: test\n  trainable: 3\n",
+            "wrong type for 'model.trainable': expected list[str], got 3 (int)",
+        ),
+        (
+            "run:\n  precision: fp8\n",
+            "wrong type for 'run.precision': expected one of 'fp32', 'bf16', 'fp16', got 'fp8' (str)",
+        ),
+    ],
+)
+def test_wrong_type_names_expected_type(tmp_path, presets, body, message):
+    header = "" if body.startswith("model:") else "model:\n  model_type: test\n"
+    run_yaml = write(tmp_path / "run.yaml", header + body)
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == f"{run_yaml}: {message}"
+
+
+def test_unset_path_names_key_and_what_to_put_there(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml)
+    assert str(error.value) == (
+        "chatbridge/config.py (default): 'model.llm.path' is unset (placeholder '/path/to/vicuna-13b'): set it to "
+        "a local Hugging Face causal-LM folder (config.json, tokenizer files, weights), e.g. Vicuna-13B v0, "
+        "in the YAML or with --options model.llm.path=<path>"
+    )
+
+
+def test_unset_path_is_attributed_to_the_file_that_set_it(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  llm:\n    path: /path/to/my-llm\n")
+    with pytest.raises(ConfigError, match=rf"^{run_yaml}: 'model.llm.path' is unset \(placeholder '/path/to/my-llm'\)"):
+        load_config(run_yaml)
+
+
+def test_unknown_model_type_lists_presets(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: huge\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml)
+    assert str(error.value) == "no model preset for arch 'chatbridge' and model_type 'huge'; known: ['chatbridge_test']"
+
+
+def test_resolved_config_round_trips(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  llm:\n    path: some/llm\n")
+    config = load_config(run_yaml, ["run.seed=3"])
+    saved = tmp_path / "out" / "config.yaml"
+    save_config(config, saved)
+    assert load_config(saved) == config
+
+
+def test_shipped_configs_exist():
+    names = {path.parent.name for path in SHIPPED}
+    assert names == {"train_configs", "instructiontuning_configs", "eval_configs"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_shipped_config_validates_and_names_resolve(path):
+    config = load_config(path, require_paths=False)
+    references = registry_references(config)
+    assert len(references) >= 5
+    for _key, registry, name in references:
+        registry.get(name)  # raises KeyError listing the known names
+
+
+def test_train_cli_reports_a_misspelt_key_in_one_line(tmp_path):
+    run_yaml = write(tmp_path / "bad.yaml", "model:\n  model_type: tiny\n  perceiver:\n    num_query_tokn: 8\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--cfg-path", str(run_yaml)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run_yaml}: unknown key 'num_query_tokn' in section 'model.perceiver' "
+        "(did you mean 'num_query_tokens'?)"
+    ]

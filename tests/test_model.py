@@ -1,0 +1,335 @@
+"""The assembled model: shapes per modality and combination, gradients, batched == per-sample, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from chatbridge.config import ModelConfig
+from chatbridge.models.chatbridge import IGNORE_INDEX, ChatBridgeBatch, ChatBridgeModel, assemble_chatbridge
+from chatbridge.models.freezing import count_parameters, set_trainable
+from chatbridge.models.llm import build_causal_lm_on_meta
+from chatbridge.models.loading import (
+    convert_released_checkpoint,
+    load_chatbridge_checkpoint,
+    released_to_chatbridge,
+    save_chatbridge_checkpoint,
+)
+from tests.fixtures.released import released_state_dict, write_released_checkpoint
+
+TINY_MEDIA = {  # shapes for the tiny preset: 32 px images, 32 mel bins, 64-frame audio segments
+    "image": (3, 32, 32),
+    "video": (4, 3, 32, 32),
+    "audio": (2, 64, 32),
+}
+LLAMA_13B = {
+    "model_type": "llama",
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "vocab_size": 32000,
+}
+
+
+def random_media(modality: str, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(TINY_MEDIA[modality], generator=generator)
+
+
+def make_batch(model: ChatBridgeModel, samples: list[list], padding_side: str = "right") -> ChatBridgeBatch:
+    """Collate hand-written samples: each is a list of (token ids, supervised) pairs and media tensors by name.
+
+    Independent of the data pipeline on purpose: the model is tested against this plain construction.
+    """
+    queries = model.perceiver.num_query_tokens
+    rows, media, slots = [], {}, {}
+    for sample in samples:
+        ids, labels, blocks = [1], [IGNORE_INDEX], []
+        for part in sample:
+            if isinstance(part[0], str):  # (modality, tensor)
+                blocks.append((part[0], part[1], len(ids)))
+                ids += [0] * queries
+                labels += [IGNORE_INDEX] * queries
+            else:
+                tokens, supervised = part
+                ids += tokens
+                labels += tokens if supervised else [IGNORE_INDEX] * len(tokens)
+        rows.append((ids, labels, blocks))
+    length = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, (ids, row_labels, blocks) in enumerate(rows):
+        start = 0 if padding_side == "right" else length - len(ids)
+        input_ids[row, start : start + len(ids)] = torch.tensor(ids)
+        labels[row, start : start + len(ids)] = torch.tensor(row_labels)
+        mask[row, start : start + len(ids)] = 1
+        for modality, tensor, offset in blocks:
+            media.setdefault(modality, []).append(tensor)
+            first = row * length + start + offset
+            slots.setdefault(modality, []).append(torch.arange(first, first + queries))
+    return ChatBridgeBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        labels=labels,
+        media={name: torch.stack(tensors) for name, tensors in media.items()},
+        query_positions={name: torch.stack(rows) for name, rows in slots.items()},
+    )
+
+
+def sample_with(modalities: list[str], seed: int, answer_length: int = 3) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(3, 100, (2 + seed % 3,), generator=generator).tolist()
+    answer = torch.randint(3, 100, (answer_length,), generator=generator).tolist()
+    sample: list = [(prompt, False)]
+    for modality in modalities:
+        sample += [(modality, random_media(modality, generator)), ([5, 6], False)]
+    return sample + [(answer, True)]
+
+
+@pytest.mark.parametrize(
+    ("modality", "leading"), [("image", (2,)), ("video", (2,)), ("audio", (2,))], ids=["image", "video", "audio"]
+)
+def test_encode_gives_query_tokens_in_llm_width(tiny_model, modality, leading):
+    generator = torch.Generator().manual_seed(0)
+    media = torch.stack([random_media(modality, generator) for _ in range(leading[0])])
+    soft = tiny_model.encode(modality, media)
+    assert soft.shape == (2, 4, tiny_model.llm.config.hidden_size)
+    assert torch.isfinite(soft).all()
+
+
+@pytest.mark.parametrize(
+    "modalities", [["image"], ["video"], ["audio"], ["video", "audio"], ["image", "audio"]], ids="+".join
+)
+def test_forward_on_every_modality_combination(tiny_model, modalities):
+    batch = make_batch(tiny_model, [sample_with(modalities, seed) for seed in range(3)])
+    output = tiny_model(batch)
+    assert output.num_supervised_tokens == 9
+    assert output.logits.shape == (9, tiny_model.llm.config.vocab_size)
+    assert torch.isfinite(output.loss) and output.loss > 0
+
+
+def test_mixed_batch_with_different_modalities_per_sample(tiny_model):
+    samples = [sample_with(["image"], 0), sample_with(["video", "audio"], 1), sample_with(["audio"], 2)]
+    batch = make_batch(tiny_model, samples)
+    assert batch.media["image"].shape == (1, 3, 32, 32)
+    assert batch.media["video"].shape == (1, 4, 3, 32, 32)
+    assert batch.media["audio"].shape == (2, 2, 64, 32)
+    assert torch.isfinite(tiny_model(batch).loss)
+
+
+def test_soft_tokens_land_exactly_at_the_placeholders(tiny_model):
+    batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["audio"], 1)], "left")
+    embeds = tiny_model.embed(batch).flatten(0, 1)
+    text = tiny_model.llm.get_input_embeddings()(batch.input_ids).flatten(0, 1)
+    for modality, positions in batch.query_positions.items():
+        soft = tiny_model.encode(modality, batch.media[modality])
+        torch.testing.assert_close(embeds[positions.flatten()], soft.flatten(0, 1), rtol=0, atol=0)
+    untouched = torch.ones(len(text), dtype=torch.bool)
+    untouched[torch.cat([p.flatten() for p in batch.query_positions.values()])] = False
+    torch.testing.assert_close(embeds[untouched], text[untouched], rtol=0, atol=0)
+
+
+def test_exactly_the_trainable_parameters_get_gradients(tiny_model, tiny_config):
+    trainable = {name for name, p in tiny_model.named_parameters() if p.requires_grad}
+    assert {name.split(".")[0] for name in trainable} == {"perceiver", "audio_adapter", "llm_proj"}
+    batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["image"], 1)])
+    tiny_model.train()
+    tiny_model(batch).loss.backward()
+    with_grad = {name for name, p in tiny_model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable
+    assert all(tiny_model.get_submodule(name).training is False for name in ("image_encoder", "audio_encoder", "llm"))
+    assert tiny_model.perceiver.training
+
+
+def test_image_only_step_leaves_audio_parameters_without_gradient(tiny_model):
+    tiny_model(make_batch(tiny_model, [sample_with(["image"], 0)])).loss.backward()
+    assert tiny_model.perceiver.query_tokens["audio"].grad is None
+    assert tiny_model.audio_adapter.weight.grad is None
+    assert tiny_model.perceiver.query_tokens["image"].grad is not None
+
+
+def test_inference_config_trains_nothing(tiny_model):
+    assert set_trainable(tiny_model, []) == []
+    assert count_parameters(tiny_model)[0] == 0
+
+
+def test_unknown_trainable_pattern_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match=r"patterns \['qformer\.\*'\] match no parameter"):
+        set_trainable(tiny_model, ["qformer.*"])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_loss_equals_sample_by_sample(tiny_model, padding_side):
+    tiny_model.eval()
+    samples = [
+        sample_with(["image"], 0, answer_length=2),
+        sample_with(["video", "audio"], 1, answer_length=5),
+        sample_with(["audio"], 2, answer_length=1),
+        sample_with(["image", "audio"], 3, answer_length=4),
+    ]
+    with torch.no_grad():
+        batched = tiny_model(make_batch(tiny_model, samples, padding_side))
+        alone = [tiny_model(make_batch(tiny_model, [sample])) for sample in samples]
+    total = sum(output.loss * output.num_supervised_tokens for output in alone)
+    count = sum(output.num_supervised_tokens for output in alone)
+    assert batched.num_supervised_tokens == count == 12
+    torch.testing.assert_close(batched.loss, total / count, rtol=0, atol=1e-6)
+
+
+def test_batch_without_supervised_tokens_has_zero_loss_not_nan(tiny_model):
+    sample = sample_with(["image"], 0)[:-1]  # drop the answer
+    output = tiny_model(make_batch(tiny_model, [sample]))
+    assert output.num_supervised_tokens == 0 and output.loss.item() == 0.0
+
+
+def full_size_model() -> ChatBridgeModel:
+    """The real architecture (EVA-g, BEATs base, 12-layer Q-Former, LLaMA-13B shapes) on the meta device."""
+    config = ModelConfig()
+    with torch.device("meta"):
+        model = assemble_chatbridge(config, build_causal_lm_on_meta(LLAMA_13B))
+    set_trainable(model, config.trainable)
+    return model
+
+
+def test_full_size_model_has_the_reference_trainable_parameter_count():
+    trainable, frozen = count_parameters(full_size_model())
+    assert trainable == 110_206_848  # spec 1.14
+    assert frozen > 13_000_000_000
+
+
+# (key, shape) pairs read off the spec's key tables (3.1-3.5): the released layout, independent of our mapping.
+SPEC_KEYS = {
+    "visual_encoder.pos_embed": (1, 257, 1408),
+    "visual_encoder.patch_embed.proj.weight": (1408, 3, 14, 14),
+    "visual_encoder.blocks.38.attn.qkv.weight": (4224, 1408),
+    "visual_encoder.blocks.38.attn.q_bias": (1408,),
+    "visual_encoder.blocks.38.mlp.fc1.weight": (6144, 1408),
+    "ln_vision.weight": (1408,),
+    "audio_encoder.patch_embedding.weight": (512, 1, 16, 16),
+    "audio_encoder.post_extract_proj.weight": (768, 512),
+    "audio_encoder.encoder.pos_conv.0.weight_g": (1, 1, 128),
+    "audio_encoder.encoder.pos_conv.0.weight_v": (768, 48, 128),
+    "audio_encoder.encoder.layers.11.self_attn.grep_linear.weight": (8, 64),
+    "audio_encoder.encoder.layers.11.self_attn.grep_a": (1, 12, 1, 1),
+    "audio_encoder.encoder.layers.0.self_attn.relative_attention_bias.weight": (320, 12),
+    "ln_audio.weight": (768,),
+    "audio_trans.weight": (1408, 768),
+    "Qformer.bert.embeddings.position_ids": (1, 512),
+    "Qformer.bert.embeddings.LayerNorm.weight": (768,),
+    "Qformer.bert.encoder.layer.0.attention.self.query.weight": (768, 768),
+    "Qformer.bert.encoder.layer.10.crossattention.self.key.weight": (768, 1408),
+    "Qformer.bert.encoder.layer.11.intermediate_query.dense.weight": (3072, 768),
+    "Qformer.bert.encoder.layer.11.output_query.dense.weight": (768, 3072),
+    "image_query_tokens": (1, 32, 768),
+    "audio_query_tokens": (1, 32, 768),
+    "llama_model.model.embed_tokens.weight": (32000, 5120),
+    "llama_model.model.layers.39.self_attn.rotary_emb.inv_freq": (64,),
+    "llama_model.model.layers.39.mlp.gate_proj.weight": (13824, 5120),
+    "llama_model.lm_head.weight": (32000, 5120),
+    "llama_proj.weight": (5120, 768),
+}
+
+
+def test_full_size_released_layout_loads_with_nothing_missing_or_unexpected():
+    model = full_size_model()
+    released = released_state_dict(model)
+    assert {key: tuple(released[key].shape) for key in SPEC_KEYS} == SPEC_KEYS
+    assert "Qformer.bert.encoder.layer.1.crossattention.self.key.weight" not in released  # cross-attn every 2nd
+    ours = released_to_chatbridge(released)  # raises on any unexpected key
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    loaded_but_frozen = {"image_encoder.ln_vision.weight", "image_encoder.ln_vision.bias"}
+    loaded_but_frozen |= {"audio_encoder.ln_audio.weight", "audio_encoder.ln_audio.bias"}
+    assert set(ours) == trainable | loaded_but_frozen
+    own = model.state_dict()
+    assert all(ours[key].shape == own[key].shape for key in ours)
+
+
+def outputs_of(model: ChatBridgeModel) -> torch.Tensor:
+    model.eval()
+    batch = make_batch(model, [sample_with(["video", "audio"], 0), sample_with(["image"], 1)])
+    with torch.no_grad():
+        return model(batch).logits
+
+
+def fresh_model(config: ModelConfig, seed: int) -> ChatBridgeModel:
+    from chatbridge.models.chatbridge import build_chatbridge
+
+    torch.manual_seed(seed)
+    model = build_chatbridge(config)
+    set_trainable(model, config.trainable)
+    return model
+
+
+@pytest.mark.parametrize("module_prefix", [False, True], ids=["plain", "ddp-prefix"])
+def test_released_checkpoint_round_trip(tiny_model, tiny_config, tmp_path, module_prefix):
+    with torch.no_grad():  # give ln_audio, ln_vision non-default values so that loading them is visible
+        tiny_model.audio_encoder.ln_audio.weight.uniform_(0.5, 1.5)
+        tiny_model.image_encoder.ln_vision.bias.uniform_(-0.1, 0.1)
+    path = tmp_path / "chatbridge_released.pth"
+    write_released_checkpoint(tiny_model, path, module_prefix=module_prefix)
+    other = fresh_model(tiny_config, seed=1)
+    other.load_state_dict(
+        {
+            k: v
+            for k, v in tiny_model.state_dict().items()
+            if k.startswith(("image_encoder.backbone", "audio_encoder.backbone"))
+        },
+        strict=False,
+    )  # towers come from their own files
+    assert not torch.equal(outputs_of(other), outputs_of(tiny_model))
+    load_chatbridge_checkpoint(other, path)
+    torch.testing.assert_close(outputs_of(other), outputs_of(tiny_model), rtol=0, atol=0)
+
+
+def test_converted_checkpoint_loads_to_identical_outputs(tiny_model, tiny_config, tmp_path):
+    from chatbridge.config import TrainConfig
+
+    write_released_checkpoint(tiny_model, tmp_path / "released.pth")
+    folder = convert_released_checkpoint(tmp_path / "released.pth", tmp_path / "ours", TrainConfig(model=tiny_config))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "model.safetensors"]
+    other = fresh_model(tiny_config, seed=2)
+    other.load_state_dict({k: v for k, v in tiny_model.state_dict().items() if ".backbone." in k}, strict=False)
+    load_chatbridge_checkpoint(other, folder)
+    torch.testing.assert_close(outputs_of(other), outputs_of(tiny_model), rtol=0, atol=0)
+
+
+def test_our_checkpoint_holds_only_trainable_tensors(tiny_model, tiny_config, tmp_path):
+    from safetensors.torch import load_file
+
+    from chatbridge.config import TrainConfig
+
+    folder = save_chatbridge_checkpoint(tiny_model, TrainConfig(model=tiny_config), tmp_path / "ckpt")
+    saved = load_file(folder / "model.safetensors")
+    assert set(saved) == {name for name, p in tiny_model.named_parameters() if p.requires_grad}
+    other = fresh_model(tiny_config, seed=3)
+    load_chatbridge_checkpoint(other, folder)
+    assert all(torch.equal(saved[name], other.state_dict()[name]) for name in saved)
+
+
+def test_released_checkpoint_with_unknown_key_fails_loudly(tiny_model):
+    released = released_state_dict(tiny_model) | {"mystery.weight": torch.zeros(1)}
+    with pytest.raises(
+        ValueError, match=r"x.pth: not a ChatBridge checkpoint: missing \[\], unexpected \['mystery.weight'\]"
+    ):
+        released_to_chatbridge(released, source="x.pth")
+
+
+def test_released_checkpoint_without_projection_fails_loudly(tiny_model):
+    released = {k: v for k, v in released_state_dict(tiny_model).items() if not k.startswith("llama_proj.")}
+    with pytest.raises(ValueError, match=r"missing \['llama_proj.'\], unexpected \[\]"):
+        released_to_chatbridge(released, source="x.pth")
+
+
+def test_temporal_embeddings_in_checkpoint_need_the_option(tiny_model, tiny_config, tmp_path):
+    from chatbridge.models.loading import assign_tensors
+
+    extra = {"perceiver.temporal_embeddings.image": torch.zeros(1, 4, 1, 32)}
+    with pytest.raises(ValueError, match="built without model.perceiver.temporal_embeddings"):
+        assign_tensors(tiny_model, extra, "x.pth")
+    config = dataclasses.replace(
+        tiny_config, perceiver=dataclasses.replace(tiny_config.perceiver, temporal_embeddings=True)
+    )
+    assign_tensors(fresh_model(config, seed=0), extra, "x.pth")
