@@ -183,7 +183,7 @@ class FaithfulConfig:
     """`zero_grad(set_to_none=False)`: unused modality parameters keep zero grads and still get AdamW updates."""
     weight_decay_everything: bool = False
     """Decay biases, norms and query tokens too (the reference decays every trainable tensor)."""
-    extra_segment_on_exact_multiple: bool = True
+    extra_segment_on_exact_multiple: bool = False
     """Fbank padding adds a whole zero segment when the length is an exact multiple of the segment length."""
 
 
@@ -210,7 +210,7 @@ class ModelConfig:
     trainable: list[str] = field(default_factory=lambda: ["perceiver.*", "audio_adapter.*", "llm_proj.*"])
     """Glob patterns of parameter names that train; everything else is frozen."""
     max_txt_len: int = 32
-    """Text positions kept per sample (the reference: 32 in stage 1, 220 in stage 2, query positions included)."""
+    """Positions per sample: caption tokens in stage 1 (reference: 32), text and query slots in stage 2 (220)."""
     faithful: FaithfulConfig = field(default_factory=FaithfulConfig)
     """Reference quirks (off unless the faithful preset turns them on)."""
 

@@ -18,6 +18,7 @@ from chatbridge.data.collate import (
     encode_conversation,
     encode_prompt,
     encode_stage1,
+    query_positions_by_modality,
     split_targets,
 )
 from tests.fixtures.llama import tiny_llama_folder
@@ -68,9 +69,10 @@ def test_stage1_caption(tiny) -> None:
 
 def test_stage1_truncates_caption_tokens_only_and_masks_genuine_eos(tiny) -> None:
     tokenizer, sp = tiny
-    assert encode_stage1("a red circle.\n", tokenizer, Q, max_txt_len=3).input_ids == [UNK] * Q + sp.encode(
-        "a red circle.\n"
-    )[:3]
+    assert (
+        encode_stage1("a red circle.\n", tokenizer, Q, max_txt_len=3).input_ids
+        == [UNK] * Q + sp.encode("a red circle.\n")[:3]
+    )
     # "</s>" is a special token: its own chunk, id 2 = pad, so the reference masks it like padding
     sample = encode_stage1("red</s>\n", tokenizer, Q, max_txt_len=32)
     assert sample.input_ids == [UNK] * Q + sp.encode("red") + [EOS] + sp.encode("\n")
@@ -220,7 +222,10 @@ def test_query_positions_hit_exactly_the_placeholder_slots(tiny) -> None:
         templates.render_single_turn(("video", "audio"), "What is happening?", "a dog barks"),
         templates.render_single_turn(("image",), "What color?", "red"),
     ]
-    samples = [encode_conversation(texts[0], tokenizer, [Q, Q], 220), encode_conversation(texts[1], tokenizer, [Q], 220)]
+    samples = [
+        encode_conversation(texts[0], tokenizer, [Q, Q], 220),
+        encode_conversation(texts[1], tokenizer, [Q], 220),
+    ]
     batch = collate(samples, pad_id=EOS, padding_side="left", bos_id=BOS, bos_mask_on_padded_rows=True)
     B, L = batch["input_ids"].shape
     positions = batch["query_positions"]
@@ -238,12 +243,37 @@ def test_query_positions_hit_exactly_the_placeholder_slots(tiny) -> None:
     assert torch.equal(embeds[1, row1_start : row1_start + Q], soft[2])
 
 
+def test_positions_grouped_per_modality_for_the_model(tiny) -> None:
+    tokenizer, _ = tiny
+    modalities = [("video", "audio"), ("audio",), ("video",)]
+    samples = [
+        encode_conversation(templates.render_single_turn(m, "What?", "red"), tokenizer, [Q] * len(m), 220)
+        for m in modalities
+    ]
+    batch = collate(samples, pad_id=EOS, padding_side="left", bos_id=BOS, bos_mask_on_padded_rows=False)
+    grouped = query_positions_by_modality(batch, modalities)
+    blocks = batch["query_positions"].view(4, Q)  # batch order: video0, audio0, audio1, video2
+    assert set(grouped) == {"video", "audio"}
+    assert torch.equal(grouped["video"], blocks[[0, 3]])
+    assert torch.equal(grouped["audio"], blocks[[1, 2]])
+    with pytest.raises(ValueError, match="blocks per sample"):
+        query_positions_by_modality(batch, [("video",), ("audio",), ("video",)])
+
+
+def test_grouping_refuses_a_truncated_block(tiny) -> None:
+    tokenizer, _ = tiny
+    text = templates.render_single_turn(("image",), "What?", "red")
+    whole = encode_conversation(text, tokenizer, [Q], 220)
+    cut = encode_conversation(text, tokenizer, [Q], whole.query_spans[0][0] + 1)
+    batch = collate([whole, cut], pad_id=EOS, padding_side="left", bos_id=BOS, bos_mask_on_padded_rows=False)
+    with pytest.raises(ValueError, match="max_txt_len"):
+        query_positions_by_modality(batch, [("image",), ("image",)])
+
+
 def test_only_assistant_tokens_are_supervised_in_a_batch(tiny) -> None:
     tokenizer, sp = tiny
     text = templates.render_single_turn(("audio",), "Describe the audio.", "a dog barks")
-    batch = collate(
-        [encode_conversation(text, tokenizer, [Q], 220)], EOS, "left", BOS, bos_mask_on_padded_rows=False
-    )
+    batch = collate([encode_conversation(text, tokenizer, [Q], 220)], EOS, "left", BOS, bos_mask_on_padded_rows=False)
     assert batch["labels"][batch["labels"] != X].tolist() == sp.encode("a dog barks\n###")
 
 

@@ -187,3 +187,8 @@ def build_chatbridge(cfg: ModelConfig) -> ChatBridgeModel:
 def modality_order(modalities: Sequence[Modality]) -> list[str]:
     """Distinct modalities in first-appearance order (the order their blocks are encoded in)."""
     return list(dict.fromkeys(modalities))
+
+
+def supervised_token_count(batch: ChatBridgeBatch) -> int:
+    """Tokens that carry a loss (labels are predicted one position earlier, so column 0 never does)."""
+    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chatbridge.config import AudioEncoderConfig
 from chatbridge.models.encoders.beats import BEATs
+from chatbridge.models.layers import Fp32LayerNorm
 from chatbridge.registry import ENCODERS
 
 # Official `cfg` key -> `BEATs` constructor argument.
@@ -62,18 +62,6 @@ _WEIGHT_NORM_OLD_TO_NEW = {
     ".weight_g": ".parametrizations.weight.original0",
     ".weight_v": ".parametrizations.weight.original1",
 }
-
-
-class Fp32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back to the input dtype, like LAVIS's `LayerNorm` subclass.
-
-    Same as `image.Fp32LayerNorm`; kept here so the audio tower does not depend on the vision module.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class AudioEncoder(nn.Module):
@@ -212,7 +200,7 @@ def _check_architecture(backbone: BEATs, cfg: dict[str, Any], name: str) -> None
     if differing:
         raise ValueError(
             f"{name}: BEATs cfg disagrees with the built encoder ({'; '.join(differing)}); "
-            "build it with build_beats_from_checkpoint_cfg"
+            "set the matching model.audio.* keys (or build with build_beats_from_checkpoint_cfg)"
         )
 
 

@@ -14,27 +14,15 @@ import re
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import Tensor, nn
 
 from chatbridge.config import VisionEncoderConfig
+from chatbridge.models.layers import Fp32LayerNorm
 from chatbridge.registry import ENCODERS
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-
-
-class Fp32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back to the input dtype, like LAVIS's `LayerNorm` subclass.
-
-    The weights are upcast too, so the module keeps working after the tower is cast to bf16/fp16.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class ImageEncoder(nn.Module):

@@ -1,0 +1,142 @@
+"""Audio preprocessing: an audio file, or a video's audio track -> (n, target_length, F) BEATs fbank segments.
+
+The recipe is the reference's (spec 1.4): decode -> channel 0 -> resample to 16 kHz -> Kaldi fbank (64 bins for
+the released weights) -> BEATs normalisation -> zero-pad and slice into 1024-frame segments, one random segment per
+group in training and the middle one at evaluation. The tensor maths lives in `fbank.py`; this module owns
+decoding and bad-input handling. Unlike the reference, a missing or broken file raises `MediaError` instead of
+silently becoming an all-zero spectrogram (spec 7.3).
+
+Decoding: libsndfile (via soundfile) reads WAV, FLAC, OGG and MP3 (libsndfile >= 1.1) at their native rate and
+the shared sinc resampler brings them to `sample_rate`. Anything libsndfile rejects (MP4, MKV, M4A...) goes to
+FFmpeg through decord's `AudioReader`, which cannot report a file's native rate, so FFmpeg resamples it
+(swresample) to `sample_rate` while decoding; those features differ slightly from torchaudio's resampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import decord
+import soundfile
+import torch
+
+from chatbridge.config import FaithfulConfig, ProcessorConfig
+from chatbridge.data.processors.errors import MediaError, decoding, require_file
+from chatbridge.data.processors.fbank import normalize_fbank, resample, segment_fbank, waveform_to_fbank
+from chatbridge.registry import PROCESSORS
+
+FBANK_WINDOW_MS = 25
+"""Kaldi window of `waveform_to_fbank`; a clip shorter than one window has no fbank frame at all."""
+DECORD_NO_AUDIO = "Can't find audio stream"
+"""decord's message for a video without an audio track (pinned by a test, as decord has no typed error)."""
+
+
+def decode_audio(path: Path, sample_rate: int) -> tuple[torch.Tensor, int]:
+    """Decodes every channel of `path` -> ((C, S) float32 in [-1, 1], its sample rate).
+
+    Raises:
+        MediaError: "empty" for a video without an audio track, "undecodable" when neither decoder can read it.
+    """
+    try:
+        samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)  # (S, C)
+        return torch.from_numpy(samples.T.copy()), file_rate
+    except soundfile.SoundFileError:
+        pass  # not a format libsndfile reads (or corrupt): FFmpeg gets a chance, and reports the failure
+    with decoding(path):
+        try:
+            reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=False)
+        except decord.DECORDError as error:
+            if DECORD_NO_AUDIO in str(error):
+                raise MediaError("empty", path, "no audio track") from error
+            raise
+        return torch.from_numpy(reader[:].asnumpy()), sample_rate  # (C, S)
+
+
+class AudioProcessor:
+    """Audio file (or video with an audio track) -> (num_segments, target_length, num_mel_bins) float32.
+
+    Args:
+        sample_rate: Rate the fbank is computed at (16 kHz for BEATs).
+        num_mel_bins: Mel bins (64 for the released ChatBridge weights).
+        target_length: Fbank frames per segment (1024 = 10.24 s).
+        num_segments: Segments per clip (n).
+        extra_segment_on_exact_multiple: The reference's extra all-zero segment when the clip's frame count is an
+            exact multiple of `target_length` (see `fbank.pad_length`).
+        fbank_mean: Normalisation mean (BEATs AudioSet statistics).
+        fbank_std: Normalisation std (divided by 2 * std, as BEATs does).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        num_mel_bins: int = 64,
+        target_length: int = 1024,
+        num_segments: int = 1,
+        extra_segment_on_exact_multiple: bool = True,
+        fbank_mean: float = 15.41663,
+        fbank_std: float = 6.55582,
+    ) -> None:
+        if min(sample_rate, num_mel_bins, target_length, num_segments) < 1:
+            raise ValueError(
+                f"sample_rate, num_mel_bins, target_length and num_segments must be positive, got "
+                f"{sample_rate}, {num_mel_bins}, {target_length}, {num_segments}"
+            )
+        self.sample_rate = sample_rate
+        self.num_mel_bins = num_mel_bins
+        self.target_length = target_length
+        self.num_segments = num_segments
+        self.extra_segment_on_exact_multiple = extra_segment_on_exact_multiple
+        self.fbank_mean = fbank_mean
+        self.fbank_std = fbank_std
+
+    def __call__(
+        self, audio: str | Path, train: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decodes and featurises `audio`; `train` picks random segments, which needs `generator`.
+
+        Raises:
+            MediaError: "missing", "empty" (zero bytes, zero samples, no audio track), "undecodable",
+                "non_finite" (NaN/inf samples) or "too_short" (less than one 25 ms window at `sample_rate`).
+        """
+        waveform = self.load_waveform(audio)  # (1, S) at self.sample_rate
+        fbank = normalize_fbank(
+            waveform_to_fbank(waveform, self.sample_rate, self.num_mel_bins), self.fbank_mean, self.fbank_std
+        )
+        return segment_fbank(
+            fbank,
+            self.num_segments,
+            self.target_length,
+            "random" if train else "middle",
+            generator,
+            self.extra_segment_on_exact_multiple,
+        )
+
+    def load_waveform(self, audio: str | Path) -> torch.Tensor:
+        """Decodes channel 0 of `audio` at `sample_rate` -> (1, S), rejecting input that has no fbank frame."""
+        path = require_file(audio)
+        waveform, file_rate = decode_audio(path, self.sample_rate)
+        if waveform.numel() == 0:
+            raise MediaError("empty", path, "no audio samples")
+        if not torch.isfinite(waveform).all():
+            raise MediaError("non_finite", path, "NaN or infinite samples")
+        # Kaldi's fbank reads channel 0 only (the reference never down-mixes); drop the rest before resampling.
+        waveform = resample(waveform[:1], file_rate, self.sample_rate)
+        min_samples = self.sample_rate * FBANK_WINDOW_MS // 1000
+        if waveform.shape[-1] < min_samples:
+            raise MediaError("too_short", path, f"{waveform.shape[-1]} samples < one {FBANK_WINDOW_MS} ms window")
+        return waveform
+
+
+@PROCESSORS.register("beats_fbank")
+def build_beats_fbank(cfg: ProcessorConfig, faithful: FaithfulConfig | None = None) -> AudioProcessor:
+    """BEATs fbank segments; the padding quirk comes from the model's `faithful` section (its defaults if None)."""
+    faithful = faithful if faithful is not None else FaithfulConfig()
+    return AudioProcessor(
+        sample_rate=cfg.sample_rate,
+        num_mel_bins=cfg.num_mel_bins,
+        target_length=cfg.target_length,
+        num_segments=cfg.num_audio_segments,
+        extra_segment_on_exact_multiple=faithful.extra_segment_on_exact_multiple,
+        fbank_mean=cfg.fbank_mean,
+        fbank_std=cfg.fbank_std,
+    )

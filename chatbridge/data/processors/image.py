@@ -1,0 +1,145 @@
+"""Image preprocessing: file -> (3, S, S) CLIP-normalised tensor, as the reference trained (spec 4.5).
+
+The reference decoded with PIL, converted to a [0, 1] tensor and resized *the tensor* to a square with torchvision
+0.13, which did not antialias tensor resizes. torchvision's tensor resize is `torch.nn.functional.interpolate`
+(bilinear, `align_corners=False`), so calling it directly with `antialias=False` reproduces the reference without
+depending on torchvision's changing defaults. The aspect ratio is not kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from chatbridge.config import ProcessorConfig
+from chatbridge.data.processors.errors import decoding, require_file
+from chatbridge.registry import PROCESSORS
+
+AUGMENT_AREA_RANGE = (0.8, 1.0)
+"""RandomResizedCrop area fraction of the reference's (unused) `crop_flip` transform; its aspect ratio is 1."""
+
+
+@dataclass(frozen=True)
+class CropDraw:
+    """One RandomResizedCrop + horizontal-flip draw, in units relative to the frame.
+
+    Relative units let every frame of a video share one draw (a crop that jumps between frames would be noise),
+    even for frame folders whose files differ in size.
+    """
+
+    area: float
+    """Fraction of the frame's area kept."""
+    top: float
+    """Position in [0, 1) within the free vertical room."""
+    left: float
+    """Position in [0, 1) within the free horizontal room."""
+    flip: bool
+    """Mirror left-right."""
+
+
+def draw_crop(generator: torch.Generator | None) -> CropDraw:
+    """Draws crop and flip parameters from an explicit generator (None is refused: no hidden global RNG)."""
+    if generator is None:
+        raise ValueError("augmentation needs an explicit torch.Generator")
+    area_draw, top, left, flip_draw = torch.rand(4, generator=generator).tolist()
+    low, high = AUGMENT_AREA_RANGE
+    return CropDraw(area=low + (high - low) * area_draw, top=top, left=left, flip=flip_draw < 0.5)
+
+
+def apply_crop(pixels: torch.Tensor, draw: CropDraw) -> torch.Tensor:
+    """Crops a square of `draw.area` of the frame (3, H, W) -> (3, side, side), then maybe flips it.
+
+    torchvision re-draws when the square does not fit a very elongated frame; clamping the side to the short edge
+    instead keeps one draw valid for every frame, at the cost of a slightly different distribution there.
+    """
+    height, width = pixels.shape[-2:]
+    side = max(1, min(round(math.sqrt(draw.area * height * width)), height, width))
+    top = int(draw.top * (height - side + 1))
+    left = int(draw.left * (width - side + 1))
+    crop = pixels[:, top : top + side, left : left + side]
+    return crop.flip(-1) if draw.flip else crop
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [0, 1], exactly torchvision's `ToTensor` (uint8 / 255)."""
+    array = np.array(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3), a writable copy
+    return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
+
+
+def decode_image(path: str | Path) -> torch.Tensor:
+    """Decodes an image file to (3, H, W) in [0, 1]; grey, palette and RGBA files become RGB.
+
+    Raises:
+        MediaError: "missing", "empty", or "undecodable" for anything PIL rejects (unknown format, truncated
+            data, decompression bomb, plugin-specific SyntaxError/ValueError).
+    """
+    path = require_file(path)
+    with decoding(path), Image.open(path) as image:
+        image.load()  # PIL decodes lazily; force it so that truncation surfaces here
+        return pil_to_tensor(image)
+
+
+class ImageProcessor:
+    """Image or frames -> resized, optionally augmented, CLIP-normalised float32 tensors.
+
+    Args:
+        image_size: Square output side S.
+        mean: Per-channel normalisation mean (3 values).
+        std: Per-channel normalisation std (3 values).
+        antialias: Antialiased resize; False reproduces the reference.
+        augment: Train-time RandomResizedCrop (area 0.8-1, ratio 1) + horizontal flip before the resize.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        antialias: bool = False,
+        augment: bool = False,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.antialias = antialias
+        self.augment = augment
+
+    def __call__(self, image: str | Path | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A path or PIL image -> (3, S, S); `generator` drives augmentation and is required when `augment`."""
+        return self.transform([self.load(image)], generator)[0]
+
+    def load(self, image: str | Path | Image.Image) -> torch.Tensor:
+        """A path or PIL image -> (3, H, W) in [0, 1], not yet resized."""
+        if isinstance(image, Image.Image):
+            return pil_to_tensor(image)
+        return decode_image(image)
+
+    def transform(self, frames: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Frames, each (3, H, W) in [0, 1] -> (N, 3, S, S); one augmentation draw is shared by all frames."""
+        draw = draw_crop(generator) if self.augment else None
+        resized = [self.resize(frame if draw is None else apply_crop(frame, draw)) for frame in frames]
+        return (torch.stack(resized) - self.mean) / self.std
+
+    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) -> (3, S, S), bilinear, aspect ratio not kept (torchvision's tensor `Resize((S, S))`)."""
+        size = (self.image_size, self.image_size)
+        return F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=self.antialias)[0]
+
+
+@PROCESSORS.register("clip_image")
+def build_clip_image(cfg: ProcessorConfig) -> ImageProcessor:
+    """The reference's image transform: square resize, CLIP mean/std, no augmentation unless `cfg.augment`."""
+    return ImageProcessor(
+        image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, antialias=cfg.antialias, augment=cfg.augment
+    )

@@ -1,0 +1,159 @@
+"""Prompt templates as data: stage-1 captions, stage-2 conversations, and the inference prompt (spec 2.2-2.4).
+
+Every string here is reproduced character for character from the reference, because the token ids (and thus the
+released checkpoint's behaviour) depend on them: note the missing space in "###Assistant:{answer}", the "." right
+after a `<query>`, and the "\n###" that closes single-turn answers but not conversation turns. Templates are chosen
+by an explicit modality tuple, never by substring tests on task names (spec 7.8).
+
+Media are marked by `<query>`; `chatbridge/data/collate.py` splits on it and reserves the soft-token positions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from chatbridge.config import Modality
+
+QUERY_PLACEHOLDER = "<query>"
+"""Marks where one media block's soft tokens go."""
+CAPTION_END_SYM = "\n"
+"""Stage 1 appends this to every caption (the reference's `end_sym` default; the stage-2 `###` is unused there)."""
+QUESTION_PLACEHOLDER = "<QUESTION>"
+"""Replaced by the question in `task_prompt.json` QA templates."""
+MAX_CONVERSATION_MESSAGES = 8
+"""`conv` samples keep only their first 8 messages (4 exchanges)."""
+HUMAN, ASSISTANT = "Human", "Assistant"
+"""Role names of the Vicuna v0 `###Human:` / `###Assistant:` format."""
+
+MEDIA_PREFIXES: dict[tuple[Modality, ...], str] = {
+    ("image",): "###Human: Given following image: <query>.",
+    ("video",): "###Human: Given following video: <query>.",
+    ("audio",): "###Human: Given following audio: <query>.",
+    ("video", "audio"): "###Human: Given following video: <query> and its background audio: <query>.",
+    # No training data in the reference; the wording is the demo's image+audio upload message.
+    ("image", "audio"): "###Human: Given following image: <query> and audio: <query>.",
+}
+"""Stage-2 prefix per modality tuple; the tuple order is the order of the `<query>` blocks."""
+
+_MEDIA_TAGS = ("<image>", "<video>", "<audio>", "<图片>", "<视频>", "<音频>")
+
+
+def pre_caption(caption: str) -> str:
+    """VALOR's caption normalisation, as the stage-1 dataset applied it.
+
+    Lower-case; strip leading `,.!?*#:;~`; `-` and `/` become spaces; `<person>` becomes `person`; runs of two or
+    more whitespace characters become one space (a single newline or tab survives, as in the reference); trim.
+    """
+    caption = caption.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ").replace("<person>", "person")
+    caption = re.sub(r"\s{2,}", " ", caption)
+    return caption.rstrip("\n").strip(" ")
+
+
+def render_caption(caption: str) -> str:
+    """The stage-1 target text: normalised caption + end symbol (no instruction, no template)."""
+    return pre_caption(caption) + CAPTION_END_SYM
+
+
+def media_prefix(modalities: tuple[Modality, ...]) -> str:
+    """The `###Human: Given following ...: <query>.` prefix for these media, in this order."""
+    try:
+        return MEDIA_PREFIXES[tuple(modalities)]
+    except KeyError:
+        raise KeyError(f"no prompt prefix for modalities {modalities!r}; known: {list(MEDIA_PREFIXES)}") from None
+
+
+def render_single_turn(modalities: tuple[Modality, ...], instruction: str, output: str) -> str:
+    """Captioning, QA, OCR, detail and reasoning samples: one instruction, one answer closed by "\n###"."""
+    return f"{media_prefix(modalities)}###{HUMAN}: {instruction}###{ASSISTANT}:{output}\n###"
+
+
+def clean_human_turn(text: str) -> str:
+    """Drop LLaVA media tags together with their adjacent newline ("<image>\n" or "\n<image>").
+
+    Exactly the reference's replacements: a tag with no newline next to it is kept.
+    """
+    for tag in _MEDIA_TAGS:
+        text = text.replace(f"{tag}\n", "").replace(f"\n{tag}", "")
+    return text
+
+
+def render_first_exchange(modalities: tuple[Modality, ...], conversations: Sequence[Mapping[str, str]]) -> str:
+    """`det` / `rea` samples: the first human turn (cleaned) and the first answer, as a single turn."""
+    return render_single_turn(modalities, clean_human_turn(conversations[0]["value"]), conversations[1]["value"])
+
+
+def render_conversation(modalities: tuple[Modality, ...], conversations: Sequence[Mapping[str, str]]) -> str:
+    """`conv` samples: up to 8 LLaVA messages, `###Human: {q}` / `###Assistant:{a}`, then a final `###`.
+
+    Raises:
+        ValueError: a message's `from` is neither "human" nor "gpt" (the reference silently dropped it).
+    """
+    rendered = [media_prefix(modalities)]
+    for message in conversations[:MAX_CONVERSATION_MESSAGES]:
+        if message["from"] == "human":
+            rendered.append(f"###{HUMAN}: {clean_human_turn(message['value'])}")
+        elif message["from"] == "gpt":
+            rendered.append(f"###{ASSISTANT}:{message['value']}")
+        else:
+            raise ValueError(f"conversation message 'from' must be 'human' or 'gpt', got {message['from']!r}")
+    return "".join(rendered) + "###"
+
+
+def load_instruction_templates(path: str | Path) -> dict[str, list[str]]:
+    """Read a `task_prompt.json`: a JSON object mapping a task name (e.g. "ti-shortqa") to instruction strings.
+
+    Raises:
+        ValueError: the file is not an object of non-empty string lists; the message names the bad key.
+    """
+    templates = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(templates, dict):
+        raise ValueError(f"{path}: expected a JSON object task -> list of strings, got {type(templates).__name__}")
+    for task, choices in templates.items():
+        if not choices or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{path}: templates of task {task!r} must be a non-empty list of strings")
+    return templates
+
+
+def sample_instruction(
+    templates: Mapping[str, Sequence[str]], task: str, rng: random.Random, question: str | None = None
+) -> str:
+    """A random instruction for `task`, with `<QUESTION>` replaced by `question` when one is given.
+
+    Raises:
+        KeyError: no templates for `task`.
+        ValueError: the chosen template needs a question and none was given.
+    """
+    if task not in templates:
+        raise KeyError(f"no instruction templates for task {task!r}; known: {sorted(templates)}")
+    template = rng.choice(templates[task])
+    if question is not None:
+        return template.replace(QUESTION_PLACEHOLDER, question)
+    if QUESTION_PLACEHOLDER in template:
+        raise ValueError(f"instruction template of task {task!r} needs a question: {template!r}")
+    return template
+
+
+def media_message(modalities: tuple[Modality, ...]) -> str:
+    """The chat's upload message, e.g. "Given following image: <query>." (the training prefix without its role).
+
+    The reference demo said "Given the following audio:" for audio, unlike training (spec 7.12); this uses the
+    training wording so that inference sees the prompts the model was tuned on.
+    """
+    return media_prefix(modalities).removeprefix(f"###{HUMAN}: ")
+
+
+def render_chat_prompt(messages: Sequence[tuple[str, str | None]]) -> str:
+    """The demo's `Conversation.get_prompt` (single "###" separator, empty system prompt).
+
+    Each `(role, text)` renders as "{role}: {text}###"; a message whose text is None or empty is the pending reply
+    and renders as "{role}:" with no trailing space. The first turn, `[(HUMAN, media_message(m)), (HUMAN, q),
+    (ASSISTANT, None)]`, equals the training string up to the answer.
+    """
+    rendered = ["###"]
+    for role, text in messages:
+        rendered.append(f"{role}: {text}###" if text else f"{role}:")
+    return "".join(rendered)

@@ -1,0 +1,93 @@
+"""Process-group setup and rank logic: the only place that knows about ranks (torchrun sets the environment)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits: rank 0 logs, saves checkpoints and shows the progress bar."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_preference: str) -> DistributedContext:
+    """Join the torchrun process group if there is one (nccl on GPU, gloo on CPU); a plain run is rank 0 of 1."""
+    use_cuda = device_preference == "cuda" or (device_preference == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    context = DistributedContext(rank, world_size, local_rank, device)
+    _silence_other_ranks(context)
+    return context
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (no-op for a plain run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _RankZeroFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def _silence_other_ranks(context: DistributedContext) -> None:
+    """Only rank 0 logs INFO; other ranks keep warnings and errors."""
+    if not context.is_main:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_RankZeroFilter())
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for a plain run)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(value: float, device: torch.device) -> float:
+    """The sum of `value` over ranks (the value itself for a plain run)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], context: DistributedContext) -> None:
+    """Average gradients over ranks in one flat all-reduce, keeping `None` where no rank produced a gradient.
+
+    This replaces DDP's wrapper: with several modalities, a step often leaves some parameters unused (the audio
+    queries on an image batch), which DDP can only handle with `find_unused_parameters=True` and a graph walk per
+    step; and a zero gradient instead of `None` would give those parameters AdamW "ghost" updates.
+    """
+    if context.world_size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    has_grad = torch.tensor([float(p.grad is not None) for p in parameters], device=context.device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [has_grad])
+    dist.all_reduce(flat)
+    offset = 0
+    for parameter, grad, used in zip(parameters, grads, flat[-len(parameters) :].tolist(), strict=True):
+        size = grad.numel()
+        if used:
+            parameter.grad = (flat[offset : offset + size] / context.world_size).view_as(grad).to(grad.dtype)
+        offset += size

@@ -1,0 +1,189 @@
+"""The one training loop, for both stages: a stage is config data (trainable set, data mixture, schedule).
+
+Read top to bottom: 1. setup (distributed, seed, output folder); 2. build (model, data, optimizer, resume);
+3. the steps (batch -> autocast forward -> backward -> clip -> step -> log -> checkpoint); 4. cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from chatbridge.config import TrainConfig
+from chatbridge.config_loading import save_config
+from chatbridge.data.mixture import build_train_mixture
+from chatbridge.models.chatbridge import supervised_token_count
+from chatbridge.models.freezing import count_parameters
+from chatbridge.models.llm import load_tokenizer
+from chatbridge.models.setup import build_model_for_training
+from chatbridge.training import checkpoint as ckpt
+from chatbridge.training.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+)
+from chatbridge.training.metrics_log import MetricsLog
+from chatbridge.training.optim import build_optimizer
+from chatbridge.training.schedule import learning_rate
+
+logger = logging.getLogger(__name__)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put its outputs."""
+
+    output_dir: Path
+    final_checkpoint: Path
+    metrics_file: Path
+    losses: list[float]
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one stage as `config` describes it; returns where the outputs are."""
+    # 1. Setup: process group, seeds, output folder with the resolved config.
+    context = setup_distributed(config.run.device)
+    torch.manual_seed(config.run.seed + context.rank)
+    output_dir = Path(config.run.output_dir)
+    if context.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+
+    # 2. Build: model (frozen towers, trainable set), data mixture, optimizer; resume if asked.
+    model = build_model_for_training(config.model, context.device)
+    trainable, frozen = count_parameters(model)
+    logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+    tokenizer = load_tokenizer(config.model.llm.path)
+    mixture = build_train_mixture(config, tokenizer, model.perceiver, context.rank, context.world_size)
+    optimizer = build_optimizer(
+        model, config.run.init_lr, config.run.weight_decay, config.model.faithful.weight_decay_everything
+    )
+    scaler = torch.amp.GradScaler(enabled=config.run.precision == "fp16" and context.device.type == "cuda")
+    start_step = _resume(config, output_dir, model, optimizer, scaler, mixture)
+
+    # 3. Steps.
+    log = MetricsLog(output_dir, config.run.tensorboard, config.run.wandb_project) if context.is_main else None
+    losses = []
+    progress = tqdm(
+        range(start_step, config.run.max_steps),
+        initial=start_step,
+        total=config.run.max_steps,
+        desc="train",
+        disable=not context.is_main,
+        dynamic_ncols=True,
+    )
+    for step in progress:
+        started = time.perf_counter()
+        lr = _set_learning_rate(optimizer, config, step)
+        loss, samples, per_dataset = _optimizer_step(model, optimizer, scaler, mixture, config, context)
+        losses.append(loss)
+        samples_per_second = samples * context.world_size / (time.perf_counter() - started)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_second:.1f}")
+        if log is not None and (step + 1) % config.run.log_every == 0:
+            log.log(step + 1, {"loss": loss, "lr": lr, "samples_per_second": samples_per_second, **per_dataset})
+        if (
+            config.run.checkpoint_every
+            and (step + 1) % config.run.checkpoint_every == 0
+            and step + 1 < config.run.max_steps
+        ):
+            _save(config, output_dir, model, optimizer, scaler, mixture, step + 1, context)
+
+    # 4. Cleanup: the final checkpoint (our format, plus training state for resuming), logs closed.
+    final = _save(config, output_dir, model, optimizer, scaler, mixture, config.run.max_steps, context)
+    final_alias = output_dir / ckpt.FINAL_NAME
+    if context.is_main:
+        ckpt.publish_final(final, final_alias)
+        log.close()
+        mixture.log_skipped()
+    cleanup_distributed()
+    return TrainResult(output_dir, final_alias, output_dir / "metrics.jsonl", losses)
+
+
+def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, context: DistributedContext):
+    """One optimizer step over `grad_accum_steps` micro-batches on every rank.
+
+    The loss is normalised by the number of supervised tokens in the whole step (all micro-batches, all ranks),
+    so accumulation and data parallelism compute exactly the token-mean loss of the combined batch (the reference
+    neither divided by the accumulation count nor matched the combined batch).
+
+    Returns (loss of the step, samples on this rank, loss per dataset name).
+    """
+    optimizer.zero_grad(set_to_none=not config.model.faithful.zero_grad_keep_zeros)
+    micro_batches = [next(mixture) for _ in range(config.run.grad_accum_steps)]
+    tokens_here = sum(supervised_token_count(batch) for _, batch in micro_batches)
+    tokens_everywhere = max(all_reduce_sum(float(tokens_here), context.device), 1.0)
+    step_loss, samples, per_dataset = 0.0, 0, {}
+    for name, batch in micro_batches:
+        batch = batch.to(context.device)
+        with _autocast(config, context):
+            output = model(batch)
+        loss_sum = output.loss * output.num_supervised_tokens
+        scaler.scale(loss_sum * context.world_size / tokens_everywhere).backward()
+        step_loss += loss_sum.item() / tokens_everywhere
+        samples += batch.input_ids.shape[0]
+        per_dataset[f"loss/{name}"] = output.loss.item()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    average_gradients(trainable, context)
+    if config.run.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, config.run.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    step_loss = all_reduce_sum(step_loss, context.device)
+    if not math.isfinite(step_loss):
+        raise FloatingPointError(f"loss became {step_loss}; lower run.init_lr or use run.precision=fp32")
+    return step_loss, samples, per_dataset
+
+
+def _autocast(config: TrainConfig, context: DistributedContext):
+    dtype = AUTOCAST_DTYPES.get(config.run.precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=context.device.type, dtype=dtype)
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> float:
+    run = config.run
+    lr = learning_rate(step, run.init_lr, run.min_lr, run.warmup_lr, run.warmup_steps, run.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _resume(config, output_dir, model, optimizer, scaler, mixture) -> int:
+    folder = ckpt.find_resume_checkpoint(config.run.resume, output_dir)
+    if folder is None:
+        return 0
+    state = ckpt.load_training_checkpoint(folder, model)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    mixture.load_state_dict(state["mixture"])
+    logger.info("resumed from %s at step %d", folder, state["step"])
+    return state["step"]
+
+
+def _save(config, output_dir, model, optimizer, scaler, mixture, step: int, context: DistributedContext) -> Path:
+    folder = ckpt.checkpoint_dir(output_dir, step)
+    if context.is_main:
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "mixture": mixture.state_dict(),
+        }
+        ckpt.save_training_checkpoint(folder, model, config, state)
+        ckpt.prune_checkpoints(output_dir, config.run.keep_last)
+        logger.info("checkpoint: %s", folder)
+    barrier()
+    return folder

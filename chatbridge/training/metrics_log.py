@@ -1,0 +1,54 @@
+"""Where training numbers go: `metrics.jsonl` always, TensorBoard and W&B only when configured (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Append-only log of per-step metrics; one JSON object per line so a crash loses at most one line."""
+
+    def __init__(self, output_dir: Path, tensorboard: bool, wandb_project: str | None) -> None:
+        self.path = output_dir / "metrics.jsonl"
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tensorboard = _open_tensorboard(output_dir) if tensorboard else None
+        self._wandb = _open_wandb(wandb_project, output_dir) if wandb_project else None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Record `metrics` for `step` in every configured sink."""
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+        numbers = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+        if self._tensorboard is not None:
+            for key, value in numbers.items():
+                self._tensorboard.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _open_tensorboard(output_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise RuntimeError(
+            "run.tensorboard is true but tensorboard is not installed: pip install tensorboard"
+        ) from error
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+
+
+def _open_wandb(project: str, output_dir: Path) -> Any:
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        raise RuntimeError("run.wandb_project is set but WANDB_API_KEY is not: export it (never put it in a YAML)")
+    import wandb
+
+    return wandb.init(project=project, dir=str(output_dir), name=output_dir.name)
