@@ -1,4 +1,4 @@
-"""Train ChatBridge (both stages; a stage is config data).
+"""Train ChatBridge; both stages run through the same loop (a stage is config data).
 
 python train.py --cfg-path train_configs/chatbridge_tiny_pretrain.yaml
 torchrun --nproc-per-node 8 train.py --cfg-path train_configs/chatbridge_pretrain.yaml --options run.init_lr=1e-4
@@ -13,15 +13,28 @@ from chatbridge.cli import config_argument_parser, load_config_or_exit, setup_lo
 
 def main() -> int:
     parser = config_argument_parser("Train ChatBridge on a YAML-described stage.")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print parameter counts and a memory estimate, then stop"
+    )
+    parser.add_argument("--world-size", type=int, default=1, help="devices to plan for with --dry-run")
     args = parser.parse_args()
     setup_logging()
-    load_config_or_exit(args)
-    print(
-        "error: the config is valid, but the training loop is not built yet (issue: 'Training: one loop for both "
-        "stages'); nothing was trained.",
-        file=sys.stderr,
-    )
-    return 3
+    config = load_config_or_exit(args, require_paths=not args.dry_run)
+    if args.dry_run:
+        from chatbridge.training.dry_run import dry_run_report
+
+        print(dry_run_report(config, args.world_size))
+        return 0
+
+    from chatbridge.data.synthetic import ensure_world
+    from chatbridge.training.loop import train
+
+    if config.synthetic_world:
+        ensure_world(config.synthetic_world, config.synthetic_world_seed)
+    result = train(config)
+    print(f"final checkpoint: {result.final_checkpoint}")
+    print(f"loss log:         {result.metrics_file}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -171,6 +171,10 @@ class LLMConfig:
     """tiny_llama only: attention heads."""
     vocab_size: int = 128
     """tiny_llama only: sentencepiece vocabulary size."""
+    corpus: str | None = path_field("a synthetic world folder whose texts teach the tiny LLM its language")
+    """tiny_llama only: train the tokenizer and pre-train the LM on this world's texts (None: a fixed corpus)."""
+    pretrain_steps: int = 0
+    """tiny_llama only: language-model steps on the corpus before the LLM is frozen."""
 
 
 @dataclass
@@ -213,6 +217,8 @@ class ModelConfig:
     """Positions per sample: caption tokens in stage 1 (reference: 32), text and query slots in stage 2 (220)."""
     faithful: FaithfulConfig = field(default_factory=FaithfulConfig)
     """Reference quirks (off unless the faithful preset turns them on)."""
+    init_seed: int = 0
+    """Seed of the parts' random initialisation; frozen random towers (tiny presets) are rebuilt from it."""
 
 
 @dataclass
@@ -286,7 +292,7 @@ class RunConfig:
 
     root: str = "."
     """Folder that relative paths in the config are resolved against."""
-    output_dir: str = "outputs/run"
+    output_dir: str = path_field("a folder for this run's config, logs and checkpoints", default="outputs/run")
     """Where the resolved config, logs and checkpoints go (relative to `root`)."""
     seed: int = 42
     """Base seed (each rank adds its rank)."""
@@ -338,5 +344,30 @@ class TrainConfig:
     """The model."""
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     """Named datasets of this stage's mixture."""
+    valor_data_opts: str | None = path_field("the authors' VALOR-style data-opts JSON (spec 4.1)")
+    """Datasets from the authors' data-opts JSON, added to `datasets` (relative paths inside it: its own folder)."""
     run: RunConfig = field(default_factory=RunConfig)
     """How to run."""
+    synthetic_world: str | None = path_field("a folder for the synthetic world (generated there on first use)")
+    """Generate the deterministic synthetic world here before building datasets (tiny CPU runs)."""
+    synthetic_world_seed: int = 0
+    """Seed of the synthetic world."""
+
+    def __post_init__(self) -> None:
+        for name, dataset in self.datasets.items():
+            _check_dataset_fits_model(name, dataset, self.model)
+
+
+def _check_dataset_fits_model(name: str, dataset: DatasetConfig, model: ModelConfig) -> None:
+    """A dataset's preprocessing must produce what the model's encoders take."""
+    processor = dataset.processor
+    if {"image", "video"} & set(dataset.modalities) and processor.image_size != model.vision.image_size:
+        raise ValueError(
+            f"datasets.{name}.processor.image_size = {processor.image_size} but model.vision.image_size = "
+            f"{model.vision.image_size}: set them equal"
+        )
+    if "audio" in dataset.modalities and processor.num_mel_bins != model.audio.num_mel_bins:
+        raise ValueError(
+            f"datasets.{name}.processor.num_mel_bins = {processor.num_mel_bins} but model.audio.num_mel_bins = "
+            f"{model.audio.num_mel_bins}: set them equal"
+        )

@@ -125,6 +125,9 @@ def _to_object(merged: DictConfig, sources: list[Source]) -> TrainConfig:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "")
         raise ConfigError(f"{_source_of(key, sources)}: {str(error).splitlines()[0]} (key {key!r})") from None
+    except ValueError as error:  # cross-field checks in the dataclasses' __post_init__
+        run_yaml = next(source.name for source in reversed(sources) if source.name != OPTIONS_SOURCE)
+        raise ConfigError(f"{run_yaml}: {error}") from None
     assert isinstance(config, TrainConfig)
     return config
 

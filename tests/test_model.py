@@ -257,8 +257,7 @@ def outputs_of(model: ChatBridgeModel) -> torch.Tensor:
 def fresh_model(config: ModelConfig, seed: int) -> ChatBridgeModel:
     from chatbridge.models.chatbridge import build_chatbridge
 
-    torch.manual_seed(seed)
-    model = build_chatbridge(config)
+    model = build_chatbridge(dataclasses.replace(config, init_seed=seed))
     set_trainable(model, config.trainable)
     return model
 

@@ -43,3 +43,5 @@ def test_builtin_names_are_exactly_these():
     assert registry.CONNECTORS.names() == ["linear", "mlp", "qformer_per_modality", "shared_qformer"]
     assert registry.LLMS.names() == ["hf_causal_lm", "tiny_llama"]
     assert registry.MODELS.names() == ["chatbridge"]
+    assert registry.DATASETS.names() == ["caption_json", "caption_shards", "multis_json"]
+    assert registry.PROCESSORS.names() == ["beats_fbank", "clip_image", "video_frames"]

@@ -1,5 +1,5 @@
 """Data pipeline; importing this package registers processors and dataset builders."""
 
-from chatbridge.data import processors
+from chatbridge.data import datasets, processors
 
-__all__ = ["processors"]
+__all__ = ["datasets", "processors"]

@@ -40,6 +40,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,6 +52,18 @@ from typing import TypeVar
 import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
+
+from chatbridge.data.datasets.captions import row_captions
+from chatbridge.data.datasets.instructions import parse_task_fields, prompt_key
+from chatbridge.data.datasets.valor_opts import parse_task
+from chatbridge.data.templates import (
+    QUERY_PLACEHOLDER,
+    load_instruction_templates,
+    render_caption,
+    render_conversation,
+    render_single_turn,
+    sample_instruction,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -876,3 +889,38 @@ def ensure_world(root: Path, seed: int = 0, sizes: WorldSizes = WorldSizes()) ->
             return load_manifest(root)
         logger.info("generating synthetic world in %s: %s", root, reason)
         return _generate(root, seed, sizes)
+
+
+# ----------------------------------------------------------------------------------------------- language corpus
+
+
+def world_texts(root: Path) -> list[str]:
+    """Every training text of the world under ``root``, as training renders it but with no ``<query>``.
+
+    Why: a tiny frozen LLM must already speak the world's language before a bridge can be trained into it, and
+    this is what it learns from (``chatbridge.models.tiny_llm``). Stage-1 captions (every caption of a list) go
+    through ``render_caption``; stage-2 captions and QA pairs (every choice of a list) become single turns with
+    an instruction drawn from ``task_prompt.json`` as training draws it, but from a generator seeded by the file's
+    key, so the texts are the same on every call; conversations render whole. The ``<query>`` placeholders are
+    dropped because the LM never sees media. The held-out ``eval/`` files are never read. Order: files as in
+    ``STAGE1_FILES`` then ``STAGE2_FILES``, rows in file order.
+    """
+    manifest = load_manifest(Path(root))
+    templates = load_instruction_templates(manifest.path("task_prompt"))
+    texts = []
+    for key, _, _ in STAGE1_FILES:
+        for row in json.loads(manifest.path(key).read_text()):
+            texts += [render_caption(caption) for caption in row_captions(row)]
+    for key, code, datatype in STAGE2_FILES:
+        modalities, task, _ = parse_task(code, datatype, key)
+        rng = random.Random(key)  # a str seed is hashed with sha512: the same draws in every process
+        for row in json.loads(manifest.path(key).read_text()):
+            fields = parse_task_fields(row, task)
+            if task == "conv":
+                texts.append(render_conversation(tuple(modalities), fields["conversation"]))
+                continue
+            questions = fields.get("questions") or [None] * len(fields["outputs"])
+            for question, output in zip(questions, fields["outputs"], strict=True):
+                instruction = sample_instruction(templates, prompt_key(modalities, task), rng, question)
+                texts.append(render_single_turn(tuple(modalities), instruction, output))
+    return [text.replace(QUERY_PLACEHOLDER, "") for text in texts]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatbridge.config import Modality, ModelConfig
+from chatbridge.config import ModelConfig
 from chatbridge.registry import CONNECTORS, ENCODERS, MODELS
 
 IGNORE_INDEX = -100
@@ -180,13 +180,13 @@ def build_chatbridge(cfg: ModelConfig) -> ChatBridgeModel:
     """The model with the LLM loaded from its folder and random weights elsewhere; see `loading.load_pretrained`."""
     from chatbridge.registry import LLMS
 
-    llm, _tokenizer = LLMS.get(cfg.llm.name)(cfg.llm)
-    return assemble_chatbridge(cfg, llm)
-
-
-def modality_order(modalities: Sequence[Modality]) -> list[str]:
-    """Distinct modalities in first-appearance order (the order their blocks are encoded in)."""
-    return list(dict.fromkeys(modalities))
+    with torch.random.fork_rng():
+        llm, _tokenizer = LLMS.get(cfg.llm.name)(cfg.llm)
+    # The parts' random init depends on `init_seed` only: random frozen towers (tiny presets) are not saved in
+    # checkpoints, so the same seed must rebuild them exactly, whatever ran before.
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.init_seed)
+        return assemble_chatbridge(cfg, llm)
 
 
 def supervised_token_count(batch: ChatBridgeBatch) -> int:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from chatbridge.config import TrainConfig
 from chatbridge.config_loading import save_config
 from chatbridge.data.mixture import build_train_mixture
-from chatbridge.models.chatbridge import supervised_token_count
+from chatbridge.models.chatbridge import ChatBridgeModel, supervised_token_count
 from chatbridge.models.freezing import count_parameters
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.models.setup import build_model_for_training
@@ -48,6 +48,7 @@ class TrainResult:
     final_checkpoint: Path
     metrics_file: Path
     losses: list[float]
+    model: ChatBridgeModel
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -65,7 +66,7 @@ def train(config: TrainConfig) -> TrainResult:
     trainable, frozen = count_parameters(model)
     logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     tokenizer = load_tokenizer(config.model.llm.path)
-    mixture = build_train_mixture(config, tokenizer, model.perceiver, context.rank, context.world_size)
+    mixture = build_train_mixture(config, tokenizer, model, context.rank, context.world_size)
     optimizer = build_optimizer(
         model, config.run.init_lr, config.run.weight_decay, config.model.faithful.weight_decay_everything
     )
@@ -107,7 +108,7 @@ def train(config: TrainConfig) -> TrainResult:
         log.close()
         mixture.log_skipped()
     cleanup_distributed()
-    return TrainResult(output_dir, final_alias, output_dir / "metrics.jsonl", losses)
+    return TrainResult(output_dir, final_alias, output_dir / "metrics.jsonl", losses, model)
 
 
 def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, context: DistributedContext):

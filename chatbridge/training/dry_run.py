@@ -1,0 +1,106 @@
+"""`train.py --dry-run`: will this config fit? Parameter counts and a per-device memory estimate, no weights loaded.
+
+The model is built on the meta device (shapes only), so a 13B configuration is checked in seconds on any machine.
+The estimate is the usual back-of-the-envelope sum: weights + gradients + AdamW state + activations kept for the
+backward pass. Gradients flow *through* the frozen LLM into the soft tokens, so its activations count although its
+weights do not train; that term dominates for long sequences and is what activation checkpointing removes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from chatbridge.config import TrainConfig
+from chatbridge.models.chatbridge import ChatBridgeModel, assemble_chatbridge
+from chatbridge.models.freezing import count_parameters, set_trainable
+from chatbridge.models.llm import build_causal_lm_on_meta
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+GIB = 1024**3
+# Bytes of activations kept per token and layer, in units of the hidden size, for a transformer layer in 16-bit
+# without recomputation (Korthikanti et al., 2022: 34 sbh, ignoring the attention-score term that SDPA avoids);
+# with checkpointing only each layer's input (2 sbh) is kept.
+ACTIVATION_FACTOR = {False: 34, True: 2}
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per device for each term, plus the counts they come from."""
+
+    trainable_parameters: int
+    frozen_parameters: int
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def build_on_meta(config: TrainConfig) -> ChatBridgeModel:
+    """The configured model on the meta device; the LLM's shape comes from `config.json` in its folder."""
+    config_file = Path(config.model.llm.path or "") / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model.llm.path: {config_file} is missing; the dry run reads the LLM's shape from it")
+    with torch.device("meta"):
+        model = assemble_chatbridge(config.model, build_causal_lm_on_meta(json.loads(config_file.read_text())))
+    set_trainable(model, config.model.trainable)
+    return model
+
+
+def longest_sequence(config: TrainConfig, model: ChatBridgeModel) -> tuple[int, int]:
+    """(batch size, sequence length) of the largest batch the mixture can produce."""
+    queries = getattr(model.perceiver, "num_query_tokens", 32)
+    worst = (1, 1 + config.model.max_txt_len + queries)
+    for dataset in config.datasets.values():
+        text = config.model.max_txt_len + (queries * len(dataset.modalities) if dataset.task == "caption" else 0)
+        worst = max(worst, (dataset.batch_size, 1 + text), key=lambda shape: shape[0] * shape[1])
+    return worst
+
+
+def estimate_memory(
+    config: TrainConfig, model: ChatBridgeModel, world_size: int, fsdp: bool, checkpointing: bool
+) -> MemoryEstimate:
+    """Per-device bytes for `config` on `world_size` devices (FSDP shards only the frozen LLM's weights)."""
+    trainable, frozen = count_parameters(model)
+    llm_parameters = sum(p.numel() for p in model.llm.parameters())
+    llm_bytes = llm_parameters * BYTES[config.model.llm.precision] / (world_size if fsdp else 1)
+    tower_bytes = sum(
+        sum(p.numel() for p in tower.parameters()) * BYTES[tower_cfg.precision]
+        for tower, tower_cfg in ((model.image_encoder, config.model.vision), (model.audio_encoder, config.model.audio))
+    )
+    batch, length = longest_sequence(config, model)
+    llm_config = model.llm.config
+    activation_bytes = batch * length * llm_config.hidden_size * llm_config.num_hidden_layers
+    activation_bytes *= ACTIVATION_FACTOR[checkpointing] * BYTES["bf16"] / 2
+    return MemoryEstimate(
+        trainable_parameters=trainable,
+        frozen_parameters=frozen,
+        weights=llm_bytes + tower_bytes + trainable * 4,
+        gradients=trainable * 4,
+        optimizer=trainable * 8,
+        activations=activation_bytes,
+    )
+
+
+def dry_run_report(config: TrainConfig, world_size: int) -> str:
+    """Counts and the memory table for this config, with and without FSDP / activation checkpointing."""
+    model = build_on_meta(config)
+    trainable, frozen = count_parameters(model)
+    lines = [f"trainable parameters: {trainable:,}", f"frozen parameters:    {frozen:,}"]
+    batch, length = longest_sequence(config, model)
+    lines.append(f"largest batch: {batch} x {length} positions per device, world size {world_size}")
+    lines.append(f"{'setting':<40}{'weights':>9}{'grads':>8}{'adamw':>8}{'activ.':>8}{'total GiB':>11}")
+    for fsdp in (False, True):
+        for checkpointing in (False, True):
+            estimate = estimate_memory(config, model, world_size, fsdp, checkpointing)
+            name = f"fsdp={'on ' if fsdp else 'off'} activation checkpointing={'on ' if checkpointing else 'off'}"
+            terms = (estimate.weights, estimate.gradients, estimate.optimizer, estimate.activations)
+            lines.append(f"{name:<40}" + "".join(f"{t / GIB:>8.2f} " for t in terms) + f"{estimate.total / GIB:>10.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""The training loop end to end on the tiny preset: resume exactness, data parallelism, checkpoints that load back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from chatbridge.config import TrainConfig
+from chatbridge.config_loading import load_config
+from chatbridge.data.mixture import build_train_mixture
+from chatbridge.data.synthetic import ensure_world
+from chatbridge.models.llm import load_tokenizer
+from chatbridge.models.setup import build_model_for_training
+from chatbridge.training.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE1 = REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> dict[str, Path]:
+    """One synthetic world and one tiny LLM folder for the module (generation is not what is tested here)."""
+    root = tmp_path_factory.mktemp("train")
+    ensure_world(root / "world", seed=0)
+    return {"root": root, "world": root / "world", "llm": root / "llm"}
+
+
+def tiny_config(shared: dict[str, Path], output: str, *options: str) -> TrainConfig:
+    defaults = [
+        f"synthetic_world={shared['world']}",
+        f"model.llm.path={shared['llm']}",
+        f"run.output_dir={shared['root'] / output}",
+        "run.max_steps=6",
+        "run.warmup_steps=2",
+        "run.checkpoint_every=3",
+        "run.keep_last=5",
+        "run.log_every=1",
+    ]
+    return load_config(STAGE1, [*defaults, *options])
+
+
+def metric_losses(result) -> list[float]:
+    return [json.loads(line)["loss"] for line in result.metrics_file.read_text().splitlines()]
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(shared):
+    full = train(tiny_config(shared, "full"))
+    assert len(full.losses) == 6 and metric_losses(full) == pytest.approx(full.losses, rel=1e-6)
+    interrupted = shared["root"] / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)  # as if killed right after the step-3 checkpoint
+    shutil.copytree(full.output_dir / "checkpoints" / "step_0000003", interrupted / "checkpoints" / "step_0000003")
+    resumed = train(tiny_config(shared, "interrupted", "run.resume=auto"))
+    assert resumed.losses == full.losses[3:]  # bit for bit, with data loading moved to two workers
+    final_full = load_file(full.final_checkpoint / "model.safetensors")
+    final_resumed = load_file(resumed.final_checkpoint / "model.safetensors")
+    assert all(torch.equal(final_full[name], final_resumed[name]) for name in final_full)
+
+
+def test_checkpoint_loads_back_into_a_fresh_model_with_identical_outputs(shared):
+    result = train(tiny_config(shared, "reload", "run.max_steps=2", "run.checkpoint_every=0"))
+    config = tiny_config(shared, "reload")
+    fresh = build_model_for_training(dataclasses.replace(config.model, checkpoint=str(result.final_checkpoint)))
+    mixture = build_train_mixture(config, load_tokenizer(config.model.llm.path), fresh, rank=0, world_size=1)
+    _, batch = next(mixture)
+    result.model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(batch).logits, result.model(batch).logits, rtol=0, atol=0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(shared):
+    train(tiny_config(shared, "other_arch", "run.max_steps=1", "run.checkpoint_every=0"))
+    config = tiny_config(shared, "other_arch", "run.resume=auto", "model.perceiver.num_query_tokens=8")
+    with pytest.raises(ValueError, match="was written by another architecture or trainable set"):
+        train(config)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _train_rank(rank: int, world_size: int, port: int, options: list[str], shared: dict[str, Path]) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    train(tiny_config(shared, "ddp", *options))
+
+
+def test_two_process_gloo_equals_one_process_with_the_combined_batch(shared):
+    steps = ["run.max_steps=3", "run.checkpoint_every=0", "run.grad_clip=null"]
+    halves = [f"datasets.{name}.batch_size=2" for name in ("image_captions", "video_captions", "audio_captions")]
+    mp.start_processes(
+        _train_rank, args=(2, _free_port(), steps + halves, shared), nprocs=2, join=True, start_method="spawn"
+    )
+    doubled = [option.replace("=2", "=4") for option in halves]
+    torch.set_num_threads(1)
+    single = train(tiny_config(shared, "single", *steps, *doubled))
+    parallel = load_file(shared["root"] / "ddp" / "final" / "model.safetensors")
+    combined = load_file(single.final_checkpoint / "model.safetensors")
+    assert parallel.keys() == combined.keys()
+    for name in combined:
+        torch.testing.assert_close(parallel[name], combined[name], rtol=0, atol=1e-5)
