@@ -26,7 +26,9 @@ def tiny_config(tiny_llm_dir) -> ModelConfig:
     """The shipped tiny preset, with its LLM folder in the session's temp dir."""
     config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", require_paths=False)
     model = config.model
-    return dataclasses.replace(model, llm=dataclasses.replace(model.llm, path=str(tiny_llm_dir / "llm")))
+    # An untrained tiny LLM (no corpus) keeps these shape-and-plumbing tests fast and free of the synthetic world.
+    llm = dataclasses.replace(model.llm, path=str(tiny_llm_dir / "llm"), corpus=None, pretrain_steps=0)
+    return dataclasses.replace(model, llm=llm)
 
 
 @pytest.fixture

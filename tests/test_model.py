@@ -332,3 +332,25 @@ def test_temporal_embeddings_in_checkpoint_need_the_option(tiny_model, tiny_conf
         tiny_config, perceiver=dataclasses.replace(tiny_config.perceiver, temporal_embeddings=True)
     )
     assign_tensors(fresh_model(config, seed=0), extra, "x.pth")
+
+
+def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model):
+    from chatbridge.models.setup import enable_activation_checkpointing
+
+    batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["image"], 1)])
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tiny_model.zero_grad(set_to_none=True)
+        loss = tiny_model(batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+
+    tiny_model.train()
+    plain_loss, plain_grads = loss_and_grads()
+    assert enable_activation_checkpointing(tiny_model) == ["llm", "perceiver.qformer"]
+    assert tiny_model.llm.is_activation_checkpointing
+    loss, grads = loss_and_grads()
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-6, atol=1e-7)

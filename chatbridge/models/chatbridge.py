@@ -9,7 +9,7 @@ to the LLM width; they replace the placeholder positions of the text that the da
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,8 @@ class ChatBridgeBatch:
         media: modality -> stacked blocks of that modality over the whole batch, in placeholder order:
             image (N, 3, H, W), video (N, T, 3, H, W), audio (N, S, T_fbank, F).
         query_positions: modality -> (N, Q) flat indices into B * L where block i's Q soft tokens go.
+        features: modality -> (N, S, L, D) precomputed outputs of the modality's frozen tower (the feature
+            cache), used instead of `media` for that modality.
     """
 
     input_ids: Tensor
@@ -47,6 +49,7 @@ class ChatBridgeBatch:
     labels: Tensor
     media: dict[str, Tensor]
     query_positions: dict[str, Tensor]
+    features: dict[str, Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> ChatBridgeBatch:
         """The same batch on `device`."""
@@ -56,6 +59,7 @@ class ChatBridgeBatch:
             labels=self.labels.to(device),
             media={name: value.to(device) for name, value in self.media.items()},
             query_positions={name: value.to(device) for name, value in self.query_positions.items()},
+            features={name: value.to(device) for name, value in self.features.items()},
         )
 
 
@@ -112,29 +116,35 @@ class ChatBridgeModel(nn.Module):
         Returns:
             (N, Q, D_llm) soft tokens, in the LLM's dtype.
         """
-        encoder_name, query_set = ROUTES[modality]
         items = media.unsqueeze(1) if modality == "image" else media  # (N, S, ...)
-        features = self._run_tower(encoder_name, items.flatten(0, 1))  # (N*S, L, D)
-        if modality == "audio":
-            features = self.audio_adapter(features)  # (N*S, L, D_v)
-        memory = features.unflatten(0, items.shape[:2])  # (N, S, L, D_v)
-        queries = self.perceiver(memory, query_set)  # (N, Q, D_q)
-        return self.llm_proj(queries).to(self.llm.dtype)  # (N, Q, D_llm)
+        features = self.tower_features(modality, items.flatten(0, 1))  # (N*S, L, D)
+        return self.encode_features(modality, features.unflatten(0, items.shape[:2]))
 
-    def _run_tower(self, name: str, inputs: Tensor) -> Tensor:
-        """A tower in its own dtype; frozen towers run without building a graph. Output in the trainable dtype."""
+    def tower_features(self, modality: str, items: Tensor) -> Tensor:
+        """Step 1: the modality's tower over a flat batch of frames/segments, (N, ...) -> (N, L, D), in the
+        trainable dtype; what the feature cache stores. Frozen towers run in their own dtype, without a graph."""
+        name = ROUTES[modality][0]
         tower = getattr(self, name)
         tower_dtype = next(tower.parameters()).dtype
         with torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_towers):
-            features = tower(inputs.to(tower_dtype))
+            features = tower(items.to(tower_dtype))
         return features.to(self.llm_proj.weight.dtype)
+
+    def encode_features(self, modality: str, features: Tensor) -> Tensor:
+        """Steps 2-3 from tower outputs (N, S, L, D), computed now or read from the feature cache."""
+        memory = features.to(self.llm_proj.weight.dtype)  # (N, S, L, D)
+        if modality == "audio":
+            memory = self.audio_adapter(memory)  # (N, S, L, D_v)
+        queries = self.perceiver(memory, ROUTES[modality][1])  # (N, Q, D_q)
+        return self.llm_proj(queries).to(self.llm.dtype)  # (N, Q, D_llm)
 
     def embed(self, batch: ChatBridgeBatch) -> Tensor:
         """Step 4: text embeddings with every placeholder slot replaced by its soft token. (B, L, D_llm)."""
         text = self.llm.get_input_embeddings()(batch.input_ids)  # (B, L, D)
         flat = text.flatten(0, 1)  # (B*L, D)
-        for modality, media in batch.media.items():
-            soft = self.encode(modality, media)  # (N, Q, D)
+        blocks = [(m, self.encode(m, media)) for m, media in batch.media.items()]
+        blocks += [(m, self.encode_features(m, features)) for m, features in batch.features.items()]
+        for modality, soft in blocks:  # soft: (N, Q, D)
             positions = batch.query_positions[modality]  # (N, Q)
             if positions.shape != soft.shape[:2]:
                 raise ValueError(

@@ -122,8 +122,21 @@ def build_hf_causal_lm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedToken
 
 @LLMS.register("tiny_llama")
 def build_tiny_llama(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
-    """Generate the tiny LLaMA folder at `cfg.path` if absent, then load it exactly like `hf_causal_lm`."""
-    ensure_tiny_llama_folder(_require_path(cfg), cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads)
+    """Generate the tiny LLaMA folder at `cfg.path` unless an identical one is there, then load it like `hf_causal_lm`.
+
+    With `cfg.corpus` (a synthetic world folder) the tokenizer learns that world's texts and the LM is pre-trained
+    on them for `cfg.pretrain_steps` steps before it is frozen, so that the bridge has a frozen LLM that knows the
+    language (see `chatbridge.models.tiny_llm`). A folder generated with other settings is regenerated.
+    """
+    ensure_tiny_llama_folder(
+        _require_path(cfg),
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        corpus=cfg.corpus,
+        pretrain_steps=cfg.pretrain_steps,
+    )
     return build_hf_causal_lm(cfg)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedModel
 
 from chatbridge.config import ModelConfig
 from chatbridge.models.chatbridge import ChatBridgeModel
@@ -28,3 +29,20 @@ def cast_frozen_towers(model: ChatBridgeModel, cfg: ModelConfig) -> None:
     for name, tower_cfg in (("image_encoder", cfg.vision), ("audio_encoder", cfg.audio)):
         if tower_cfg.frozen:
             getattr(model, name).to(DTYPES[tower_cfg.precision])
+
+
+def enable_activation_checkpointing(model: ChatBridgeModel) -> list[str]:
+    """Recompute the Q-Former's and the LLM's activations in the backward pass (memory for compute).
+
+    Gradients flow through the frozen LLM into the soft tokens, so its activations are kept for the backward pass
+    like a trainable model's; recomputing them is the main saving for long stage-2 sequences. Returns the parts
+    that were switched (connectors without a Q-Former have nothing to checkpoint).
+    """
+    parts = {"llm": model.llm}
+    parts |= {f"perceiver.{name}": m for name, m in model.perceiver.named_modules() if isinstance(m, PreTrainedModel)}
+    for part in parts.values():
+        if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            part.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return sorted(parts)

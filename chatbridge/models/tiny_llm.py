@@ -5,18 +5,43 @@ tokenizer config files), so the tiny model goes through exactly the loader used 
 model is trained on a small fixed corpus with LLaMA's settings (BPE, identity normalisation, dummy prefix, unk/bos/eos
 = 0/1/2, no pad piece); it is far too small for byte fallback (256 byte pieces), so every character the templates use
 is in the corpus instead, and "\n" is a user-defined piece because sentencepiece trains line by line and never sees it.
+
+Optionally the model first learns the language of a synthetic world (`corpus`, a world folder; its texts come from
+`chatbridge.data.synthetic.world_texts`): the tokenizer is trained on the fixed corpus plus those texts, and the
+random-init LLaMA is pre-trained on them as a causal LM for `pretrain_steps` steps. Why: ChatBridge trains only the
+connector that writes soft prompt tokens into a frozen LLM. A frozen random LM predicts a near-uniform distribution
+whatever its input, so the connector has nothing to steer and the loss stays at ln(vocab); the method assumes an LLM
+that already knows the language.
+
+Every folder records what it was generated from in `tiny_llama.json` (sizes, seed, a sha256 of the corpus texts,
+pre-training steps), and `ensure_tiny_llama_folder` regenerates a folder whose record differs from the request.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
+import logging
+import math
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from chatbridge.data.collate import IGNORE_INDEX, split_targets
+from chatbridge.data.synthetic import MANIFEST_NAME, world_texts
+from chatbridge.training.schedule import learning_rate
+
+logger = logging.getLogger(__name__)
 
 # Template words first (they should become whole pieces), then every character the tests and templates need.
 _CORPUS = (
@@ -64,11 +89,47 @@ _TOKENIZER_CONFIG = {
 _SPECIAL_TOKENS_MAP = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
-def train_tiny_sentencepiece(vocab_size: int) -> bytes:
-    """Train the tiny BPE model on the fixed corpus; single-threaded so the bytes are identical on every run."""
+SETTINGS_NAME = "tiny_llama.json"
+"""The record of what a folder was generated from."""
+FORMAT_VERSION = 1
+"""Bump when generation changes in a way `TinyLlamaSettings` does not capture, so old folders are regenerated."""
+PRETRAIN_BATCH_SIZE = 16
+PRETRAIN_MAX_TOKENS = 128
+"""Longer texts are cut (the synthetic world's longest is ~85 tokens at vocabulary 512)."""
+PRETRAIN_LR = 3e-3
+PRETRAIN_MIN_LR = 3e-4
+PRETRAIN_WARMUP_FRACTION = 0.05
+PRETRAIN_GRAD_CLIP = 1.0
+
+
+@dataclass(frozen=True)
+class TinyLlamaSettings:
+    """Everything the bytes of a tiny folder depend on; stored in the folder as `tiny_llama.json`."""
+
+    vocab_size: int = 128
+    """Requested sentencepiece vocabulary (a small corpus may support fewer pieces; then the model has fewer)."""
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    seed: int = 0
+    """Seeds the weights' initialisation and the order of the pre-training batches."""
+    corpus_sha256: str | None = None
+    """sha256 of the world texts the tokenizer and LM learned from; None: the fixed corpus only."""
+    pretrain_steps: int = 0
+    format_version: int = FORMAT_VERSION
+
+
+def train_tiny_sentencepiece(vocab_size: int, texts: Sequence[str] = ()) -> bytes:
+    """Train the tiny BPE model on the fixed corpus plus `texts`; single-threaded, so its bytes never vary.
+
+    With `texts`, `vocab_size` is a soft limit (`hard_vocab_limit=False`): a corpus allows only so many merges, and
+    sentencepiece then stops early instead of failing (the caller logs the size it got). Without texts the options
+    are exactly the original ones, because they are stored in the model's bytes, which golden ids depend on.
+    """
+    options = {**_TRAINER_OPTIONS, "hard_vocab_limit": False} if texts else _TRAINER_OPTIONS
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS), model_writer=model, vocab_size=vocab_size, **_TRAINER_OPTIONS
+        sentence_iterator=iter([*_CORPUS, *texts]), model_writer=model, vocab_size=vocab_size, **options
     )
     return model.getvalue()
 
@@ -99,57 +160,264 @@ def write_tiny_llama_folder(
     num_layers: int = 2,
     num_heads: int = 4,
     seed: int = 0,
+    corpus: str | Path | None = None,
+    pretrain_steps: int = 0,
 ) -> Path:
-    """Write a tiny random-init LLaMA + sentencepiece tokenizer folder at `path`, bit-identical for the same arguments.
+    """Write a tiny LLaMA + sentencepiece tokenizer folder at `path`, bit-identical for the same arguments.
 
-    The folder is assembled in a sibling temporary directory and renamed into place, so a crash never leaves a
-    half-written folder that a later run would mistake for a complete one. Raises FileExistsError if `path` exists.
+    `corpus` (a synthetic world folder) and `pretrain_steps` teach the model the world's language first (module
+    docstring). The folder is assembled in a sibling temporary directory and renamed into place, so a crash never
+    leaves a half-written folder that a later run would mistake for a complete one. Raises FileExistsError if `path`
+    exists.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM  # heavy import, only when a folder is really written
-
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; delete it or use ensure_tiny_llama_folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        (staging / "tokenizer.model").write_bytes(train_tiny_sentencepiece(vocab_size))
-        _write_json(staging / "tokenizer_config.json", _TOKENIZER_CONFIG)
-        _write_json(staging / "special_tokens_map.json", _SPECIAL_TOKENS_MAP)
-        config = LlamaConfig(**tiny_llama_config(vocab_size, hidden_size, num_layers, num_heads))
-        torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(staging)
-        try:
-            staging.rename(path)
-        except OSError as error:  # a concurrent writer renamed its complete folder into place first
-            raise FileExistsError(f"{path} appeared while it was being written") from error
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+    texts = _corpus_texts(corpus, pretrain_steps)
+    settings = _settings(vocab_size, hidden_size, num_layers, num_heads, seed, texts, pretrain_steps)
+    return _publish(path, settings, texts)
 
 
 def ensure_tiny_llama_folder(
-    path: str | Path, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int
+    path: str | Path,
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    corpus: str | Path | None = None,
+    pretrain_steps: int = 0,
 ) -> Path:
-    """Generate the tiny folder unless it exists; an existing one must match the requested sizes.
+    """Return the tiny folder at `path`, generating it unless one with exactly these settings is there.
+
+    A folder generated with other settings (sizes, corpus content, pre-training steps, format) is regenerated and
+    swapped in whole, so a stale folder can never silently change shapes or behaviour downstream. Processes (e.g.
+    every rank of a launch) are serialised by a lock file next to the folder; the first generates, the rest reuse.
 
     Raises:
-        ValueError: the folder exists but was generated with other sizes (a stale folder would silently change
-            every shape downstream).
+        ValueError: `path` exists without a `tiny_llama.json`, so it was not generated here (it may be a real
+            model, or a tiny folder from before the record existed); it is never deleted automatically.
     """
     path = Path(path)
-    if not path.exists():
-        try:
-            return write_tiny_llama_folder(path, vocab_size, hidden_size, num_layers, num_heads)
-        except FileExistsError:  # another process won the race; validate its folder below
-            pass
-    found = json.loads((path / "config.json").read_text())
-    wanted = tiny_llama_config(vocab_size, hidden_size, num_layers, num_heads)
-    mismatched = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
-    if mismatched:
-        raise ValueError(f"tiny LLaMA folder {path} does not match model.llm (found, wanted): {mismatched}")
+    texts = _corpus_texts(corpus, pretrain_steps)
+    wanted = asdict(_settings(vocab_size, hidden_size, num_layers, num_heads, 0, texts, pretrain_steps))
+    with _exclusive(path):
+        if not path.exists():
+            logger.info("generating tiny LLaMA folder %s: %s", path, wanted)
+            return _publish(path, TinyLlamaSettings(**wanted), texts)
+        found = _read_settings(path)
+        if found == wanted:
+            return path
+        changed = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
+        logger.info("regenerating tiny LLaMA folder %s; changed settings (found, wanted): %s", path, changed)
+        return _replace(path, TinyLlamaSettings(**wanted), texts)
+
+
+def _corpus_texts(corpus: str | Path | None, pretrain_steps: int) -> list[str] | None:
+    """The world texts the tiny model learns from, or None for the fixed corpus (random weights).
+
+    Raises:
+        ValueError: `pretrain_steps` is negative, or positive without a corpus.
+        FileNotFoundError: `corpus` is not a (complete) synthetic world.
+    """
+    if pretrain_steps < 0:
+        raise ValueError(f"model.llm.pretrain_steps must be >= 0, got {pretrain_steps}")
+    if corpus is None:
+        if pretrain_steps:
+            raise ValueError("model.llm.pretrain_steps > 0 needs model.llm.corpus (a synthetic world folder)")
+        return None
+    if not (Path(corpus) / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(
+            f"model.llm.corpus = {str(corpus)!r} has no {MANIFEST_NAME}; it should be a synthetic world folder "
+            "(chatbridge.data.synthetic.ensure_world, e.g. through the config's synthetic_world)"
+        )
+    return world_texts(Path(corpus))
+
+
+def _lm_sequence(pieces: spm.SentencePieceProcessor, text: str) -> list[int]:
+    """BOS + `text` + EOS for pre-training, cut to `PRETRAIN_MAX_TOKENS`.
+
+    The text is cut into `collate.split_targets` segments and each is encoded on its own, as the collator does,
+    so that e.g. an answer after "###Assistant:" carries its own dummy prefix ("▁red") exactly as in training.
+    """
+    ids = [pieces.bos_id()]
+    for segment, _ in split_targets(text):
+        ids += pieces.encode(segment)
+    return (ids + [pieces.eos_id()])[:PRETRAIN_MAX_TOKENS]
+
+
+def pretrain_causal_lm(model: PreTrainedModel, sequences: Sequence[list[int]], steps: int, seed: int) -> None:
+    """Train every weight of `model` as a causal LM on `sequences` for `steps` AdamW steps; logs the loss.
+
+    Runs on one thread: the order of floating-point reductions, and so the saved bytes, must not depend on the
+    machine's core count (two threads gave other weights than one), and the tiny matrices gain nothing from more
+    threads. The caller's thread count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bytes must not depend on the core count (see the docstring); restored below
+    try:
+        initial = _corpus_loss(model, sequences)
+        _train(model, sequences, steps, torch.Generator().manual_seed(seed))
+        final = _corpus_loss(model, sequences)
+    finally:
+        torch.set_num_threads(threads)
+    logger.info(
+        "tiny LLaMA pre-trained for %d steps on %d texts: LM loss %.3f -> %.3f nats/token (uniform: ln(%d) = %.3f)",
+        steps,
+        len(sequences),
+        initial,
+        final,
+        model.config.vocab_size,
+        math.log(model.config.vocab_size),
+    )
+
+
+def _train(model: PreTrainedModel, sequences: Sequence[list[int]], steps: int, generator: torch.Generator) -> None:
+    """The pre-training loop: shuffled batches (an epoch at a time), linear warmup + cosine decay, fp32."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, round(PRETRAIN_WARMUP_FRACTION * steps))
+    batches = _shuffled_batches(len(sequences), generator)
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, PRETRAIN_LR, PRETRAIN_MIN_LR, PRETRAIN_MIN_LR, warmup, steps)
+        input_ids, attention_mask, labels = _pad([sequences[index] for index in next(batches)])
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), PRETRAIN_GRAD_CLIP)
+        optimizer.step()
+    model.eval()
+
+
+def _shuffled_batches(count: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless batches of sequence indices: each epoch a fresh permutation, cut into `PRETRAIN_BATCH_SIZE` chunks."""
+    while True:
+        order = torch.randperm(count, generator=generator).tolist()
+        for start in range(0, count, PRETRAIN_BATCH_SIZE):
+            yield order[start : start + PRETRAIN_BATCH_SIZE]
+
+
+def _pad(sequences: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, labels)`, each (B, T); padding is masked and has no label."""
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask, input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+
+
+def _corpus_loss(model: PreTrainedModel, sequences: Sequence[list[int]]) -> float:
+    """Next-token cross-entropy per predicted token over all of `sequences`, in eval mode (nats)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(sequences), PRETRAIN_BATCH_SIZE):
+            input_ids, attention_mask, labels = _pad(sequences[start : start + PRETRAIN_BATCH_SIZE])
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V)
+            targets = labels[:, 1:]  # (B, T-1)
+            total += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum").item()
+            count += int((targets != IGNORE_INDEX).sum())
+    return total / count
+
+
+def _settings(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    seed: int,
+    texts: Sequence[str] | None,
+    pretrain_steps: int,
+) -> TinyLlamaSettings:
+    corpus_sha256 = None
+    if texts is not None:
+        corpus_sha256 = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
+    return TinyLlamaSettings(vocab_size, hidden_size, num_layers, num_heads, seed, corpus_sha256, pretrain_steps)
+
+
+def _write_contents(folder: Path, settings: TinyLlamaSettings, texts: Sequence[str] | None) -> None:
+    """Tokenizer files, config, weights (pre-trained if asked) and the settings record, into `folder`."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # heavy import, only when a folder is really written
+
+    tokenizer_model = train_tiny_sentencepiece(settings.vocab_size, texts or ())
+    pieces = spm.SentencePieceProcessor(model_proto=tokenizer_model)
+    vocab_size = pieces.get_piece_size()
+    if vocab_size < settings.vocab_size:
+        logger.warning(
+            "model.llm.vocab_size = %d is more than the corpus supports; the tiny LLaMA gets %d pieces",
+            settings.vocab_size,
+            vocab_size,
+        )
+    (folder / "tokenizer.model").write_bytes(tokenizer_model)
+    _write_json(folder / "tokenizer_config.json", _TOKENIZER_CONFIG)
+    _write_json(folder / "special_tokens_map.json", _SPECIAL_TOKENS_MAP)
+    config = LlamaConfig(**tiny_llama_config(vocab_size, settings.hidden_size, settings.num_layers, settings.num_heads))
+    with torch.random.fork_rng(devices=[]):  # seeding must not reset the caller's random stream
+        torch.manual_seed(settings.seed)
+        model = LlamaForCausalLM(config)
+    if settings.pretrain_steps:
+        sequences = [_lm_sequence(pieces, text) for text in texts or ()]
+        pretrain_causal_lm(model, sequences, settings.pretrain_steps, settings.seed)
+    model.save_pretrained(folder)
+    _write_json(folder / SETTINGS_NAME, asdict(settings))
+
+
+def _stage(path: Path, settings: TinyLlamaSettings, texts: Sequence[str] | None) -> Path:
+    """A complete new folder in a temporary sibling of `path`; nothing is left behind if writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write_contents(staging, settings, texts)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _publish(path: Path, settings: TinyLlamaSettings, texts: Sequence[str] | None) -> Path:
+    """Stage a folder and rename it to `path`, which must not exist."""
+    staging = _stage(path, settings, texts)
+    try:
+        staging.rename(path)
+    except OSError as error:  # a concurrent writer renamed its complete folder into place first
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"{path} appeared while it was being written") from error
     return path
+
+
+def _replace(path: Path, settings: TinyLlamaSettings, texts: Sequence[str] | None) -> Path:
+    """Stage a folder, then swap it for the stale one at `path` by two renames and delete the stale one.
+
+    The slow part (training) happens before the swap; a crash between the renames leaves no folder at `path`,
+    which the next call simply generates.
+    """
+    staging = _stage(path, settings, texts)
+    retired = staging.with_name(f"{staging.name}.old")
+    path.rename(retired)
+    staging.rename(path)
+    shutil.rmtree(retired)
+    return path
+
+
+def _read_settings(path: Path) -> dict:
+    record = path / SETTINGS_NAME
+    if not record.is_file():
+        raise ValueError(
+            f"{path} exists but has no {SETTINGS_NAME}, so it was not generated by tiny_llama (or by an older "
+            "version); it is never deleted automatically: delete it, or set model.llm.path to another folder"
+        )
+    return json.loads(record.read_text())
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Serialise checking and generating the folder at `path` across processes, with a lock file beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -22,7 +22,7 @@ from chatbridge.data.mixture import build_train_mixture
 from chatbridge.models.chatbridge import ChatBridgeModel, supervised_token_count
 from chatbridge.models.freezing import count_parameters
 from chatbridge.models.llm import load_tokenizer
-from chatbridge.models.setup import build_model_for_training
+from chatbridge.models.setup import build_model_for_training, enable_activation_checkpointing
 from chatbridge.training import checkpoint as ckpt
 from chatbridge.training.distributed import (
     DistributedContext,
@@ -32,7 +32,7 @@ from chatbridge.training.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from chatbridge.training.metrics_log import MetricsLog
+from chatbridge.training.metrics_log import MetricsLog, WindowMeans
 from chatbridge.training.optim import build_optimizer
 from chatbridge.training.schedule import learning_rate
 
@@ -54,6 +54,8 @@ class TrainResult:
 def train(config: TrainConfig) -> TrainResult:
     """Run one stage as `config` describes it; returns where the outputs are."""
     # 1. Setup: process group, seeds, output folder with the resolved config.
+    if config.run.fsdp:
+        raise NotImplementedError("run.fsdp: sharding the frozen LLM with FSDP is not implemented yet; use false")
     context = setup_distributed(config.run.device)
     torch.manual_seed(config.run.seed + context.rank)
     output_dir = Path(config.run.output_dir)
@@ -63,6 +65,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 2. Build: model (frozen towers, trainable set), data mixture, optimizer; resume if asked.
     model = build_model_for_training(config.model, context.device)
+    if config.run.activation_checkpointing:
+        logger.info("activation checkpointing: %s", ", ".join(enable_activation_checkpointing(model)))
     trainable, frozen = count_parameters(model)
     logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     tokenizer = load_tokenizer(config.model.llm.path)
@@ -75,7 +79,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 3. Steps.
     log = MetricsLog(output_dir, config.run.tensorboard, config.run.wandb_project) if context.is_main else None
-    losses = []
+    losses, window = [], WindowMeans()
     progress = tqdm(
         range(start_step, config.run.max_steps),
         initial=start_step,
@@ -91,8 +95,9 @@ def train(config: TrainConfig) -> TrainResult:
         losses.append(loss)
         samples_per_second = samples * context.world_size / (time.perf_counter() - started)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_second:.1f}")
+        window.add({"loss": loss, "samples_per_second": samples_per_second, **per_dataset})
         if log is not None and (step + 1) % config.run.log_every == 0:
-            log.log(step + 1, {"loss": loss, "lr": lr, "samples_per_second": samples_per_second, **per_dataset})
+            log.log(step + 1, {"lr": lr, **window.pop()})
         if (
             config.run.checkpoint_every
             and (step + 1) % config.run.checkpoint_every == 0

@@ -8,6 +8,25 @@ from pathlib import Path
 from typing import Any
 
 
+class WindowMeans:
+    """Means of each metric over the steps since the last log line (a single step's loss is too noisy to read)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        """The means so far, and a fresh window."""
+        means = {key: total / self._counts[key] for key, total in self._sums.items()}
+        self._sums, self._counts = {}, {}
+        return means
+
+
 class MetricsLog:
     """Append-only log of per-step metrics; one JSON object per line so a crash loses at most one line."""
 

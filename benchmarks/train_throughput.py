@@ -1,0 +1,87 @@
+"""Training throughput and peak memory of a fixed small ChatBridge config on this machine: fp32 vs bf16.
+
+    python benchmarks/train_throughput.py [--steps 20] [--warmup 5]
+
+Each variant trains in its own subprocess (so that peak memory is that variant's own) on the synthetic world,
+and the script prints samples/s over the timed steps and the peak resident memory. Not a test: numbers, not
+assertions. The config is the tiny stage-1 preset widened so that matrix products, not Python overhead, dominate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [  # the "fixed small config": every part of ChatBridge at width 256
+    "model.vision.image_size=64",
+    "model.vision.patch_size=8",
+    "model.vision.width=256",
+    "model.vision.depth=4",
+    "model.vision.num_heads=4",
+    "model.audio.width=256",
+    "model.audio.embed_dim=128",
+    "model.audio.ffn_dim=1024",
+    "model.audio.num_heads=4",
+    "model.perceiver.hidden_size=256",
+    "model.perceiver.intermediate_size=1024",
+    "model.perceiver.num_query_tokens=16",
+    "model.llm.hidden_size=256",
+    "model.llm.num_layers=4",
+    "model.llm.pretrain_steps=0",
+    "datasets.image_captions.processor.image_size=64",
+    "datasets.video_captions.processor.image_size=64",
+    "run.checkpoint_every=0",
+    "run.log_every=1",
+]
+VARIANTS = {
+    "fp32": ["run.precision=fp32", "model.vision.precision=fp32", "model.audio.precision=fp32", "model.llm.precision=fp32"],
+    "bf16": ["run.precision=bf16", "model.vision.precision=bf16", "model.audio.precision=bf16", "model.llm.precision=bf16"],
+}
+
+
+def run_variant(name: str, steps: int, warmup: int, workdir: Path) -> dict[str, float]:
+    """Train `warmup + steps` steps in this process and measure the last `steps`."""
+    from chatbridge.config_loading import load_config
+    from chatbridge.data.synthetic import ensure_world
+    from chatbridge.training.loop import train
+
+    options = [*SMALL, *VARIANTS[name], f"run.max_steps={warmup + steps}", f"run.root={workdir}",
+               f"run.output_dir=outputs/bench_{name}"]
+    config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", options)
+    ensure_world(config.synthetic_world, config.synthetic_world_seed)
+    result = train(config)
+    rows = [json.loads(line) for line in result.metrics_file.read_text().splitlines()][warmup:]
+    samples_per_second = sum(row["samples_per_second"] for row in rows) / len(rows)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"samples_per_second": samples_per_second, "peak_rss_mib": peak_mib}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.steps, args.warmup, args.workdir)))
+        return 0
+    with tempfile.TemporaryDirectory() as workdir:
+        print(f"{'variant':<8}{'samples/s':>12}{'peak RSS MiB':>14}")
+        for name in VARIANTS:
+            command = [sys.executable, __file__, "--variant", name, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--workdir", workdir]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            numbers = json.loads(output.strip().splitlines()[-1])
+            print(f"{name:<8}{numbers['samples_per_second']:>12.1f}{numbers['peak_rss_mib']:>14.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
