@@ -39,10 +39,8 @@ SMALL = [  # the "fixed small config": every part of ChatBridge at width 256
     "run.checkpoint_every=0",
     "run.log_every=1",
 ]
-VARIANTS = {
-    "fp32": ["run.precision=fp32", "model.vision.precision=fp32", "model.audio.precision=fp32", "model.llm.precision=fp32"],
-    "bf16": ["run.precision=bf16", "model.vision.precision=bf16", "model.audio.precision=bf16", "model.llm.precision=bf16"],
-}
+PRECISION_KEYS = ("run", "model.vision", "model.audio", "model.llm")
+VARIANTS = {precision: [f"{key}.precision={precision}" for key in PRECISION_KEYS] for precision in ("fp32", "bf16")}
 
 
 def run_variant(name: str, steps: int, warmup: int, workdir: Path) -> dict[str, float]:
@@ -51,8 +49,13 @@ def run_variant(name: str, steps: int, warmup: int, workdir: Path) -> dict[str, 
     from chatbridge.data.synthetic import ensure_world
     from chatbridge.training.loop import train
 
-    options = [*SMALL, *VARIANTS[name], f"run.max_steps={warmup + steps}", f"run.root={workdir}",
-               f"run.output_dir=outputs/bench_{name}"]
+    options = [
+        *SMALL,
+        *VARIANTS[name],
+        f"run.max_steps={warmup + steps}",
+        f"run.root={workdir}",
+        f"run.output_dir=outputs/bench_{name}",
+    ]
     config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", options)
     ensure_world(config.synthetic_world, config.synthetic_world_seed)
     result = train(config)
@@ -75,8 +78,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         print(f"{'variant':<8}{'samples/s':>12}{'peak RSS MiB':>14}")
         for name in VARIANTS:
-            command = [sys.executable, __file__, "--variant", name, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--workdir", workdir]
+            command = [
+                sys.executable,
+                __file__,
+                "--variant",
+                name,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--workdir",
+                workdir,
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             numbers = json.loads(output.strip().splitlines()[-1])
             print(f"{name:<8}{numbers['samples_per_second']:>12.1f}{numbers['peak_rss_mib']:>14.0f}")
