@@ -330,6 +330,8 @@ class RunConfig:
     """Also log to TensorBoard."""
     wandb_project: str | None = None
     """Log to Weights & Biases under this project (key from the WANDB_API_KEY environment variable)."""
+    feature_cache: str | None = path_field("a folder for cached frozen-tower features (filled on first use)")
+    """Cache the frozen towers' outputs of deterministic media here and read them instead of encoding again."""
     activation_checkpointing: bool = False
     """Recompute Q-Former and LLM activations in the backward pass."""
     fsdp: bool = False

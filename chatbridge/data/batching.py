@@ -8,7 +8,7 @@ the k-th row of `media[m]` fills the k-th row of `query_positions[m]`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
@@ -50,6 +50,7 @@ def batch_samples(
     tokenizer: PreTrainedTokenizer,
     padding_side: Literal["left", "right"],
     bos_mask_on_padded_rows: bool,
+    feature_modalities: Collection[str] = (),
 ) -> ChatBridgeBatch:
     """Pads and stacks samples into the model's input.
 
@@ -58,6 +59,8 @@ def batch_samples(
         tokenizer: Supplies the pad and BOS ids.
         padding_side: "right" for stage 1, "left" for stage 2 (as the reference).
         bos_mask_on_padded_rows: The reference's stage-2 BOS quirk (`FaithfulConfig`).
+        feature_modalities: Modalities whose blocks are cached tower features (S, L, D), not pixels
+            (`chatbridge.data.feature_cache`); they go to `ChatBridgeBatch.features`.
 
     Raises:
         ValueError: media shapes disagree within a modality, a sample's media count differs from its `<query>`
@@ -77,10 +80,12 @@ def batch_samples(
         bos_mask_on_padded_rows=bos_mask_on_padded_rows,
     )
     modalities = [[modality for modality, _ in sample.media] for sample in samples]
+    blocks = stack_media(samples)
     return ChatBridgeBatch(
         input_ids=text["input_ids"],
         attention_mask=text["attention_mask"],
         labels=text["labels"],
-        media=stack_media(samples),
+        media={m: stacked for m, stacked in blocks.items() if m not in feature_modalities},
         query_positions=query_positions_by_modality(text, modalities),
+        features={m: stacked for m, stacked in blocks.items() if m in feature_modalities},
     )

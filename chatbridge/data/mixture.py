@@ -18,6 +18,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from chatbridge.config import DatasetConfig, TrainConfig
 from chatbridge.data.batching import batch_samples
 from chatbridge.data.datasets.base import DataContext, MultimodalSample, SampleSource, SkipCounter
 from chatbridge.data.datasets.valor_opts import datasets_from_valor_opts
+from chatbridge.data.feature_cache import use_feature_cache
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.models.chatbridge import ChatBridgeBatch, ChatBridgeModel
 from chatbridge.registry import DATASETS
@@ -71,6 +73,7 @@ class MixtureMember:
     weight: float
     batch_size: int
     padding_side: str
+    feature_modalities: tuple[str, ...] = ()
 
 
 def seeded_generator(*parts: Any) -> torch.Generator:
@@ -124,7 +127,9 @@ def load_batch(spec: BatchSpec, member: MixtureMember, seed: int, bos_mask: bool
             samples.append(member.source.load(index, train=True, generator=generator))
         except MediaError as error:
             skipped.append(error)
-    batch = batch_samples(samples, tokenizer, member.padding_side, bos_mask) if samples else None
+    batch = None
+    if samples:
+        batch = batch_samples(samples, tokenizer, member.padding_side, bos_mask, member.feature_modalities)
     return LoadedBatch(spec, batch, skipped)
 
 
@@ -237,15 +242,20 @@ def data_context(config: TrainConfig, cfg: DatasetConfig, tokenizer: Any, model:
     return DataContext(tokenizer, query_tokens, config.model.max_txt_len, config.model.faithful, config.run.seed)
 
 
-def build_train_mixture(
-    config: TrainConfig, tokenizer: Any, model: ChatBridgeModel, rank: int, world_size: int
+def build_train_mixture(  # noqa: PLR0913 - the run, the model and this process's place in it
+    config: TrainConfig, tokenizer: Any, model: ChatBridgeModel, rank: int, world_size: int, fill_cache: bool = True
 ) -> MixtureLoader:
-    """The training mixture of `config` for this rank."""
+    """The training mixture of `config` for this rank; with `run.feature_cache`, cacheable media are read from
+    the cache (filled first when `fill_cache`)."""
     members = {}
     for name, cfg in dataset_configs(config).items():
         source = DATASETS.get(cfg.builder)(name, cfg, data_context(config, cfg, tokenizer, model))
         padding = "left" if cfg.builder == "multis_json" else "right"  # stage 2 left-pads (spec 2.3.2)
-        members[name] = MixtureMember(source, cfg.weight, cfg.batch_size, padding)
+        cached = ()
+        if config.run.feature_cache:
+            root = Path(config.run.feature_cache)
+            cached = tuple(use_feature_cache(name, source, cfg.processor, model, root, fill_cache))
+        members[name] = MixtureMember(source, cfg.weight, cfg.batch_size, padding, cached)
     return MixtureLoader(
         members,
         tokenizer,

@@ -70,7 +70,11 @@ def train(config: TrainConfig) -> TrainResult:
     trainable, frozen = count_parameters(model)
     logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     tokenizer = load_tokenizer(config.model.llm.path)
-    mixture = build_train_mixture(config, tokenizer, model, context.rank, context.world_size)
+    if config.run.feature_cache and not context.is_main:
+        barrier()  # rank 0 fills the feature cache first (see below); the others then only read it
+    mixture = build_train_mixture(config, tokenizer, model, context.rank, context.world_size, context.is_main)
+    if config.run.feature_cache and context.is_main:
+        barrier()
     optimizer = build_optimizer(
         model, config.run.init_lr, config.run.weight_decay, config.model.faithful.weight_decay_everything
     )

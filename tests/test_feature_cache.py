@@ -1,0 +1,93 @@
+"""The frozen-feature cache: same losses as encoding on the fly, never a stale entry, only deterministic media."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatbridge.config_loading import load_config
+from chatbridge.data.feature_cache import FeatureCache, StaleCacheError, preprocessing_fingerprint
+from chatbridge.data.mixture import build_train_mixture
+from chatbridge.data.synthetic import SCALES, ensure_world
+from chatbridge.models.llm import load_tokenizer
+from chatbridge.models.setup import build_model_for_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    ensure_world(root / "world", seed=0, sizes=SCALES["tiny"])
+    options = [
+        f"synthetic_world={root / 'world'}",
+        f"model.llm.path={root / 'llm'}",
+        "model.llm.corpus=null",
+        "model.llm.pretrain_steps=0",
+        "datasets.video_captions.processor.frame_sampling=segment_middle",
+        "datasets.image_captions.batch_size=4",
+        "datasets.video_captions.batch_size=4",
+        "datasets.audio_captions.batch_size=4",
+        f"run.feature_cache={root / 'features'}",
+    ]
+    config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", options)
+    model = build_model_for_training(config.model).eval()
+    return config, model, load_tokenizer(config.model.llm.path)
+
+
+def first_batches(config, model, tokenizer, count: int = 6):
+    mixture = build_train_mixture(config, tokenizer, model, rank=0, world_size=1)
+    return mixture, [next(mixture) for _ in range(count)]
+
+
+def test_cached_features_give_the_losses_of_encoding_on_the_fly(setting):
+    config, model, tokenizer = setting
+    cached_mixture, cached = first_batches(config, model, tokenizer)
+    assert {name: m.feature_modalities for name, m in cached_mixture.members.items()} == {
+        "image_captions": ("image",),
+        "video_captions": ("video",),
+        "audio_captions": (),  # random training segments: never cached
+    }
+    plain_config = dataclasses.replace(config, run=dataclasses.replace(config.run, feature_cache=None))
+    _, plain = first_batches(plain_config, model, tokenizer)
+    with torch.no_grad():
+        for (name, with_cache), (same_name, without) in zip(cached, plain, strict=True):
+            assert name == same_name
+            assert set(with_cache.features) | set(with_cache.media) == set(without.media)
+            torch.testing.assert_close(model(with_cache).loss, model(without).loss, rtol=0, atol=1e-5)
+
+
+def test_other_tower_weights_never_read_the_cache(setting):
+    config, model, tokenizer = setting
+    first_batches(config, model, tokenizer, count=1)  # make sure the cache is filled for `model`
+    other = build_model_for_training(dataclasses.replace(config.model, init_seed=1))
+    mixture = build_train_mixture(config, tokenizer, other, rank=0, world_size=1, fill_cache=False)
+    assert all(member.feature_modalities == () for member in mixture.members.values())
+
+
+def test_an_entry_written_under_another_key_is_refused(tmp_path):
+    media = tmp_path / "a.png"
+    good = FeatureCache(tmp_path / "cache", "image", "tower-a", "prep")
+    good.write(media, torch.ones(1, 3, 4))
+    torch.testing.assert_close(good.read(media), torch.ones(1, 3, 4))
+    moved = FeatureCache(tmp_path / "cache", "image", "tower-a", "prep")
+    moved_entry = moved.entry(tmp_path / "b.png")
+    moved_entry.parent.mkdir(parents=True, exist_ok=True)
+    good.entry(media).rename(moved_entry)  # an entry under another media's name
+    with pytest.raises(StaleCacheError, match="was written for"):
+        moved.read(tmp_path / "b.png")
+
+
+def test_only_deterministic_preprocessing_is_cacheable(setting):
+    config, _, _ = setting
+    processor = config.datasets["image_captions"].processor
+    assert preprocessing_fingerprint("image", processor) is not None
+    assert preprocessing_fingerprint("image", dataclasses.replace(processor, augment=True)) is None
+    assert preprocessing_fingerprint("video", dataclasses.replace(processor, frame_sampling=None)) is None
+    assert preprocessing_fingerprint("audio", processor) is None
+    assert preprocessing_fingerprint("image", dataclasses.replace(processor, image_size=48)) != (
+        preprocessing_fingerprint("image", processor)
+    )
