@@ -220,6 +220,12 @@ class ModelConfig:
     init_seed: int = 0
     """Seed of the parts' random initialisation; frozen random towers (tiny presets) are rebuilt from it."""
 
+    def __post_init__(self) -> None:
+        if self.llm.lora.rank > 0 and not any("lora" in pattern for pattern in self.trainable):
+            raise ValueError(
+                "model.llm.lora.rank > 0 but no model.trainable pattern selects the adapters: add 'llm.*lora_*'"
+            )
+
 
 @dataclass
 class ProcessorConfig:

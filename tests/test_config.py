@@ -165,3 +165,12 @@ def test_train_cli_reports_a_misspelt_key_in_one_line(tmp_path):
         f"error: {run_yaml}: unknown key 'num_query_tokn' in section 'model.perceiver' "
         "(did you mean 'num_query_tokens'?)"
     ]
+
+
+def test_lora_without_a_trainable_adapter_pattern_is_refused(tmp_path, presets):
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  llm:\n    lora:\n      rank: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == (
+        f"{run_yaml}: model.llm.lora.rank > 0 but no model.trainable pattern selects the adapters: add 'llm.*lora_*'"
+    )
