@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
-from transformers import LlamaForCausalLM
 
 from chatbridge.config import LLMConfig, LoraConfig
 from chatbridge.data.synthetic import SCALES, ensure_world, world_texts
@@ -83,7 +82,7 @@ def test_tiny_folder_write_is_atomic(tmp_path, monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", crash)
+    monkeypatch.setattr(tiny_llm, "save_file", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         write_tiny_llama_folder(tmp_path / "tiny")
     assert list(tmp_path.iterdir()) == []

@@ -89,24 +89,31 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _train_rank(rank: int, world_size: int, port: int, options: list[str], shared: dict[str, Path]) -> None:
+def _train_rank(  # noqa: PLR0913 - torch.multiprocessing passes the rank first, then these
+    rank: int, world_size: int, port: int, output: str, options: list[str], shared: dict[str, Path]
+) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    train(tiny_config(shared, "ddp", *options))
+    train(tiny_config(shared, output, *options))
 
 
-def test_two_process_gloo_equals_one_process_with_the_combined_batch(shared):
-    steps = ["run.max_steps=3", "run.checkpoint_every=0", "run.grad_clip=null"]
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated-llm", "fsdp-sharded-llm"])
+def test_two_process_gloo_equals_one_process_with_the_combined_batch(shared, fsdp):
+    steps = ["run.max_steps=3", "run.checkpoint_every=0", "run.grad_clip=null", f"run.fsdp={str(fsdp).lower()}"]
     halves = [f"datasets.{name}.batch_size=2" for name in ("image_captions", "video_captions", "audio_captions")]
     mp.start_processes(
-        _train_rank, args=(2, _free_port(), steps + halves, shared), nprocs=2, join=True, start_method="spawn"
+        _train_rank,
+        args=(2, _free_port(), f"ddp_{fsdp}", steps + halves, shared),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
     )
     doubled = [option.replace("=2", "=4") for option in halves]
     torch.set_num_threads(1)
-    single = train(tiny_config(shared, "single", *steps, *doubled))
-    parallel = load_file(shared["root"] / "ddp" / "final" / "model.safetensors")
+    single = train(tiny_config(shared, f"single_{fsdp}", *steps, *doubled))
+    parallel = load_file(shared["root"] / f"ddp_{fsdp}" / "final" / "model.safetensors")
     combined = load_file(single.final_checkpoint / "model.safetensors")
     assert parallel.keys() == combined.keys()
     for name in combined:

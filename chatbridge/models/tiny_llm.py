@@ -35,6 +35,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from chatbridge.data.collate import IGNORE_INDEX, split_targets
@@ -360,7 +361,12 @@ def _write_contents(folder: Path, settings: TinyLlamaSettings, texts: Sequence[s
     if settings.pretrain_steps:
         sequences = [_lm_sequence(pieces, text) for text in texts or ()]
         pretrain_causal_lm(model, sequences, settings.pretrain_steps, settings.seed)
-    model.save_pretrained(folder)
+    # Written by hand, not with `save_pretrained`, which writes nothing on ranks other than 0 once a process group
+    # exists (and any rank of a launch may be the one that generates the folder).
+    config.save_pretrained(folder)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors", {"format": "pt"}
+    )
     _write_json(folder / SETTINGS_NAME, asdict(settings))
 
 

@@ -91,3 +91,29 @@ def average_gradients(parameters: list[torch.nn.Parameter], context: Distributed
         if used:
             parameter.grad = (flat[offset : offset + size] / context.world_size).view_as(grad).to(grad.dtype)
         offset += size
+
+
+def shard_frozen_llm(llm: torch.nn.Module) -> int:
+    """Shard the frozen LLM's weights over the ranks with FSDP2 (`fully_shard`); returns the units sharded.
+
+    Each decoder layer, the input embeddings, the final norm and the LM head become one unit, gathered just for its
+    own forward (and again for the backward, which flows through the frozen weights into the soft tokens). Units,
+    not one root, because the model calls the embeddings, the decoder and the head separately. The LLM is loaded
+    whole on every rank first and then sharded, so the saving is in steady-state, not peak load, memory.
+
+    Raises:
+        ValueError: the LLM has trainable weights (LoRA) or parameters outside the units (an unknown layout).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    if any(parameter.requires_grad for parameter in llm.parameters()):
+        raise ValueError("run.fsdp shards a frozen LLM only; it cannot be combined with model.llm.lora")
+    decoder = llm.get_decoder()
+    units = [*decoder.layers, llm.get_input_embeddings(), llm.get_output_embeddings()]
+    units += [decoder.norm] if hasattr(decoder, "norm") else []
+    for unit in units:
+        fully_shard(unit)
+    left = [name for name, p in llm.named_parameters() if type(p).__name__ != "DTensor"]
+    if left:
+        raise ValueError(f"run.fsdp: parameters outside the sharded units: {left[:5]}")
+    return len(units)

@@ -31,6 +31,7 @@ from chatbridge.training.distributed import (
     barrier,
     cleanup_distributed,
     setup_distributed,
+    shard_frozen_llm,
 )
 from chatbridge.training.metrics_log import MetricsLog, WindowMeans
 from chatbridge.training.optim import build_optimizer
@@ -54,8 +55,6 @@ class TrainResult:
 def train(config: TrainConfig) -> TrainResult:
     """Run one stage as `config` describes it; returns where the outputs are."""
     # 1. Setup: process group, seeds, output folder with the resolved config.
-    if config.run.fsdp:
-        raise NotImplementedError("run.fsdp: sharding the frozen LLM with FSDP is not implemented yet; use false")
     context = setup_distributed(config.run.device)
     torch.manual_seed(config.run.seed + context.rank)
     output_dir = Path(config.run.output_dir)
@@ -64,11 +63,7 @@ def train(config: TrainConfig) -> TrainResult:
         save_config(config, output_dir / "config.yaml")
 
     # 2. Build: model (frozen towers, trainable set), data mixture, optimizer; resume if asked.
-    model = build_model_for_training(config.model, context.device)
-    if config.run.activation_checkpointing:
-        logger.info("activation checkpointing: %s", ", ".join(enable_activation_checkpointing(model)))
-    trainable, frozen = count_parameters(model)
-    logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+    model = _prepare_model(config, context)
     tokenizer = load_tokenizer(config.model.llm.path)
     if config.run.feature_cache and not context.is_main:
         barrier()  # rank 0 fills the feature cache first (see below); the others then only read it
@@ -118,6 +113,21 @@ def train(config: TrainConfig) -> TrainResult:
         mixture.log_skipped()
     cleanup_distributed()
     return TrainResult(output_dir, final_alias, output_dir / "metrics.jsonl", losses, model)
+
+
+def _prepare_model(config: TrainConfig, context: DistributedContext) -> ChatBridgeModel:
+    """The model on this rank's device, with activation checkpointing and FSDP as configured."""
+    model = build_model_for_training(config.model, context.device)
+    if config.run.activation_checkpointing:
+        logger.info("activation checkpointing: %s", ", ".join(enable_activation_checkpointing(model)))
+    trainable, frozen = count_parameters(model)
+    logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+    if config.run.fsdp and context.world_size > 1:
+        units = shard_frozen_llm(model.llm)
+        logger.info("FSDP: frozen LLM sharded in %d units over %d ranks", units, context.world_size)
+    elif config.run.fsdp:
+        logger.info("FSDP: one process, nothing to shard")
+    return model
 
 
 def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, context: DistributedContext):
