@@ -1,9 +1,13 @@
-"""Small layers shared by several model parts."""
+"""Small layers (and dtype names) shared by several model parts."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The config's precision names (`chatbridge.config.Precision`) as torch dtypes."""
 
 
 class Fp32LayerNorm(nn.LayerNorm):

@@ -24,10 +24,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 from chatbridge.config import LLMConfig, LoraConfig, Precision
+from chatbridge.models.layers import TORCH_DTYPES
 from chatbridge.models.tiny_llm import ensure_tiny_llama_folder
 from chatbridge.registry import LLMS
 
-_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PATH_KEY = "model.llm.path"
 
 
@@ -79,7 +79,7 @@ def load_causal_lm(path: str | Path, precision: Precision, frozen: bool) -> PreT
     """
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(_missing_message(path, "config.json"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[precision], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[precision], local_files_only=True)
     if frozen:
         model.requires_grad_(False)
         model.eval()

@@ -8,10 +8,9 @@ from transformers import PreTrainedModel
 from chatbridge.config import ModelConfig
 from chatbridge.models.chatbridge import ChatBridgeModel
 from chatbridge.models.freezing import set_trainable
+from chatbridge.models.layers import TORCH_DTYPES
 from chatbridge.models.loading import load_pretrained
 from chatbridge.registry import MODELS
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model_for_training(cfg: ModelConfig, device: torch.device | str = "cpu") -> ChatBridgeModel:
@@ -28,7 +27,7 @@ def cast_frozen_towers(model: ChatBridgeModel, cfg: ModelConfig) -> None:
     """Frozen encoders run in their configured precision (their LayerNorms still compute in fp32)."""
     for name, tower_cfg in (("image_encoder", cfg.vision), ("audio_encoder", cfg.audio)):
         if tower_cfg.frozen:
-            getattr(model, name).to(DTYPES[tower_cfg.precision])
+            getattr(model, name).to(TORCH_DTYPES[tower_cfg.precision])
 
 
 def enable_activation_checkpointing(model: ChatBridgeModel) -> list[str]:

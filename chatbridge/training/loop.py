@@ -21,6 +21,7 @@ from chatbridge.config_loading import save_config
 from chatbridge.data.mixture import build_train_mixture
 from chatbridge.models.chatbridge import ChatBridgeModel, supervised_token_count
 from chatbridge.models.freezing import count_parameters
+from chatbridge.models.layers import TORCH_DTYPES
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.models.setup import build_model_for_training, enable_activation_checkpointing
 from chatbridge.training import checkpoint as ckpt
@@ -38,7 +39,6 @@ from chatbridge.training.optim import build_optimizer
 from chatbridge.training.schedule import learning_rate
 
 logger = logging.getLogger(__name__)
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -167,10 +167,9 @@ def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, cont
 
 
 def _autocast(config: TrainConfig, context: DistributedContext):
-    dtype = AUTOCAST_DTYPES.get(config.run.precision)
-    if dtype is None:
+    if config.run.precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=context.device.type, dtype=dtype)
+    return torch.autocast(device_type=context.device.type, dtype=TORCH_DTYPES[config.run.precision])
 
 
 def _set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> float:
