@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,19 @@ def _encode_and_write(cache: FeatureCache, model: ChatBridgeModel, blocks: list[
 
 
 def use_feature_cache(  # noqa: PLR0913 - what one dataset's switch needs
-    name: str, source: Any, processor: ProcessorConfig, model: ChatBridgeModel, root: Path, fill_missing: bool
+    name: str,
+    source: Any,
+    processor: ProcessorConfig,
+    model: ChatBridgeModel,
+    root: Path,
+    fill_missing: bool,
+    fingerprint: Callable[[str], str] | None = None,
 ) -> list[str]:
     """Switch `source` to cached features for every modality that can use them; returns those modalities.
 
-    Sources without a media folder loader (e.g. shards) are left alone. With `fill_missing`, incomplete caches are
-    filled first (rank 0 does this; the others wait and only read).
+    `fingerprint` (modality -> tower fingerprint) lets a caller with many datasets hash each tower once (EVA-g is
+    2 GB). Sources without a media folder loader (e.g. shards) are left alone. With `fill_missing`, incomplete
+    caches are filled first (rank 0 does this; the others wait and only read).
     """
     media = getattr(source, "media", None)
     if media is None or not hasattr(source, "rows"):
@@ -190,7 +198,8 @@ def use_feature_cache(  # noqa: PLR0913 - what one dataset's switch needs
         if preprocessing is None:
             logger.info("feature cache: %s/%s not cached (preprocessing is random or not cacheable)", name, modality)
             continue
-        cache = FeatureCache(root, modality, tower_fingerprint(model, modality), preprocessing)
+        tower = (fingerprint or (lambda m: tower_fingerprint(model, m)))(modality)
+        cache = FeatureCache(root, modality, tower, preprocessing)
         if fill_missing and not cache.is_complete_for(name, len(source.rows)):
             logger.info("feature cache: %s/%s: wrote %d entries", name, modality, fill(cache, name, source, model))
         if cache.is_complete_for(name, len(source.rows)):

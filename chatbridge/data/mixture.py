@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from chatbridge.config import DatasetConfig, TrainConfig
 from chatbridge.data.batching import batch_samples
 from chatbridge.data.datasets.base import DataContext, MultimodalSample, SampleSource, SkipCounter
 from chatbridge.data.datasets.valor_opts import datasets_from_valor_opts
-from chatbridge.data.feature_cache import use_feature_cache
+from chatbridge.data.feature_cache import tower_fingerprint, use_feature_cache
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.models.chatbridge import ChatBridgeBatch, ChatBridgeModel
 from chatbridge.registry import DATASETS
@@ -248,13 +249,14 @@ def build_train_mixture(  # noqa: PLR0913 - the run, the model and this process'
     """The training mixture of `config` for this rank; with `run.feature_cache`, cacheable media are read from
     the cache (filled first when `fill_cache`)."""
     members = {}
+    fingerprint = functools.cache(lambda modality: tower_fingerprint(model, modality))  # hash each tower once
     for name, cfg in dataset_configs(config).items():
         source = DATASETS.get(cfg.builder)(name, cfg, data_context(config, cfg, tokenizer, model))
         padding = "left" if cfg.builder == "multis_json" else "right"  # stage 2 left-pads (spec 2.3.2)
         cached = ()
         if config.run.feature_cache:
             root = Path(config.run.feature_cache)
-            cached = tuple(use_feature_cache(name, source, cfg.processor, model, root, fill_cache))
+            cached = tuple(use_feature_cache(name, source, cfg.processor, model, root, fill_cache, fingerprint))
         members[name] = MixtureMember(source, cfg.weight, cfg.batch_size, padding, cached)
     return MixtureLoader(
         members,

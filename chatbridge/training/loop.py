@@ -148,12 +148,12 @@ def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, cont
         batch = batch.to(context.device)
         with _autocast(config, context):
             output = model(batch)
-        loss_sum = output.loss * output.num_supervised_tokens
-        scaler.scale(loss_sum * context.world_size / tokens_everywhere).backward()
-        step_loss += loss_sum.item() / tokens_everywhere
+        scaler.scale(output.loss * output.num_supervised_tokens * context.world_size / tokens_everywhere).backward()
+        loss_value = output.loss.item()  # one host sync per micro-batch
+        step_loss += loss_value * output.num_supervised_tokens / tokens_everywhere
         samples += batch.input_ids.shape[0]
-        per_dataset[f"loss/{name}"] = output.loss.item()
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        per_dataset[f"loss/{name}"] = loss_value
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # no walk over frozen weights
     average_gradients(trainable, context)
     if config.run.grad_clip is not None:
         scaler.unscale_(optimizer)
