@@ -26,11 +26,10 @@ def main() -> int:
         print(dry_run_report(config, args.world_size))
         return 0
 
-    from chatbridge.data.synthetic import ensure_world
+    from chatbridge.synthetic import prepare
     from chatbridge.training.loop import train
 
-    if config.synthetic_world:
-        ensure_world(config.synthetic_world, config.synthetic_world_seed)
+    prepare(config)
     result = train(config)
     print(f"final checkpoint: {result.final_checkpoint}")
     print(f"loss log:         {result.metrics_file}")

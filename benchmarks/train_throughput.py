@@ -19,28 +19,26 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [  # the "fixed small config": every part of ChatBridge at width 256
-    "model.vision.image_size=64",
-    "model.vision.patch_size=8",
-    "model.vision.width=256",
-    "model.vision.depth=4",
-    "model.vision.num_heads=4",
-    "model.audio.width=256",
-    "model.audio.embed_dim=128",
-    "model.audio.ffn_dim=1024",
-    "model.audio.num_heads=4",
-    "model.perceiver.hidden_size=256",
-    "model.perceiver.intermediate_size=1024",
-    "model.perceiver.num_query_tokens=16",
-    "model.llm.hidden_size=256",
-    "model.llm.num_layers=4",
-    "model.llm.pretrain_steps=0",
-    "datasets.image_captions.processor.image_size=64",
-    "datasets.video_captions.processor.image_size=64",
+SMALL = [  # the "fixed small config": every part of ChatBridge at width 256 (audio 192: it keeps its adapter)
+    "model.encoders.vision.image_size=64",
+    "model.encoders.vision.patch_size=8",
+    "model.encoders.vision.width=256",
+    "model.encoders.vision.depth=4",
+    "model.encoders.vision.num_heads=4",
+    "model.encoders.audio.width=192",
+    "model.encoders.audio.embed_dim=128",
+    "model.encoders.audio.ffn_dim=768",
+    "model.encoders.audio.num_heads=4",
+    "model.connector.hidden_size=256",
+    "model.connector.intermediate_size=1024",
+    "model.connector.num_query_tokens=16",
+    "synthetic.tiny_llm.hidden_size=256",
+    "synthetic.tiny_llm.num_layers=4",
+    "synthetic.tiny_llm.pretrain_steps=0",
     "run.checkpoint_every=0",
     "run.log_every=1",
 ]
-PRECISION_KEYS = ("run", "model.vision", "model.audio", "model.llm")
+PRECISION_KEYS = ("run", "model.encoders.vision", "model.encoders.audio", "model.llm")
 # Video frames are fixed (middle of each segment) in every variant, so that the cache can hold them.
 DETERMINISTIC_FRAMES = ["datasets.video_captions.processor.frame_sampling=segment_middle"]
 VARIANTS = {
@@ -57,7 +55,7 @@ VARIANTS = {
 def run_variant(name: str, steps: int, warmup: int, workdir: Path) -> dict[str, float]:
     """Train `warmup + steps` steps in this process and measure the last `steps`."""
     from chatbridge.config_loading import load_config
-    from chatbridge.data.synthetic import ensure_world
+    from chatbridge.synthetic import prepare
     from chatbridge.training.loop import train
 
     options = [
@@ -68,7 +66,7 @@ def run_variant(name: str, steps: int, warmup: int, workdir: Path) -> dict[str, 
         f"run.output_dir=outputs/bench_{name}",
     ]
     config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", options)
-    ensure_world(config.synthetic_world, config.synthetic_world_seed)
+    prepare(config)
     result = train(config)
     rows = [json.loads(line) for line in result.metrics_file.read_text().splitlines()][warmup:]
     samples_per_second = sum(row["samples_per_second"] for row in rows) / len(rows)

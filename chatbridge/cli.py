@@ -19,7 +19,7 @@ def config_argument_parser(description: str) -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="overrides applied last, e.g. run.init_lr=1e-5 model.perceiver.num_query_tokens=16",
+        help="overrides applied last, e.g. run.init_lr=1e-5 model.connector.num_query_tokens=16",
     )
     return parser
 
@@ -43,3 +43,9 @@ def load_config_or_exit(args: argparse.Namespace, require_paths: bool = True) ->
 def setup_logging() -> None:
     """Plain `logging` to stderr; rank filtering is added by the distributed setup."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def fail(error: BaseException) -> int:
+    """Report a user-facing error as one line on stderr; returns the exit code (2) for `sys.exit`."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2

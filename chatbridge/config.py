@@ -1,135 +1,106 @@
-"""Typed configuration: every default lives once, here, in dataclasses.
+"""Typed configuration: every default lives once, in a dataclass.
 
-A run YAML has three sections, `model`, `datasets` and `run`, like the authors' configs. `load_config` merges, in
-increasing precedence: these dataclass defaults < the model's default YAML (chosen by `model.arch` and
-`model.model_type`) < the run YAML < `--options key=value` overrides; see `chatbridge/config_loading.py`.
+A run YAML has the sections `model`, `datasets`, `processor` and `run` (plus `synthetic` for the tiny world).
+`load_config` merges, in increasing precedence: these dataclass defaults < the model preset (chosen by `model.arch`
+and `model.model_type`) < the run YAML < `--options key=value` overrides; see `chatbridge/config_loading.py`.
+
+Encoders and connectors are pluggable: their common fields are declared here (`EncoderConfig`,
+`ConnectorConfig`), and each registered builder declares its own dataclass, a subclass, as the annotation of its
+`cfg` parameter (e.g. `EvaViTConfig` in `chatbridge/models/encoders/eva.py`). The loader validates a YAML section
+against the schema of the builder its `name` selects. Those subclasses also answer the questions the data layer
+asks without building a model: how many tokens an input gives, which preprocessing it needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Modality = Literal["image", "video", "audio"]
+MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
 Precision = Literal["fp32", "bf16", "fp16"]
 
 # Fields whose value is a file or folder carry metadata {"path": what to put there}; the loader resolves them
 # against the project root and reports placeholders such as "/path/to/vicuna" by key and by this text.
 
 
-def path_field(what: str, default: str | None = None) -> str | None:
+def path_field(what: str, default: str | None = None) -> Any:
     """A path-valued field; `what` tells the user what belongs there when it is unset."""
     return field(default=default, metadata={"path": what})
 
 
-@dataclass
-class VisionEncoderConfig:
-    """EVA-ViT (timm's Eva) + `ln_vision`; defaults are EVA-ViT-g as used by BLIP-2 and ChatBridge (spec 1.2)."""
+def split_items(modality: str, block_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(items, item shape) of one media block: an image is one item; a video's frames and an audio clip's segments
+    (or clips) are its leading dimension. The model and the token arithmetic both use this one rule."""
+    if modality == "image":
+        return 1, tuple(block_shape)
+    return block_shape[0], tuple(block_shape[1:])
 
-    name: str = "eva_vit_g"
-    """Registered encoder builder."""
-    image_size: int = 224
-    """Input resolution; the position embedding of a checkpoint is interpolated to it."""
-    patch_size: int = 14
-    """Patch size in pixels."""
-    width: int = 1408
-    """Token width (D_v)."""
-    depth: int = 39
-    """Blocks kept: EVA-CLIP-g has 40, ChatBridge uses the penultimate layer's output."""
-    num_heads: int = 16
-    """Attention heads."""
-    mlp_ratio: float = 4.3637
-    """MLP hidden = int(width * mlp_ratio) (6144 for EVA-g)."""
-    layer_norm_eps: float = 1e-6
-    """Eps of the blocks' LayerNorms."""
-    ln_vision_eps: float = 1e-5
-    """Eps of `ln_vision` (LAVIS uses the PyTorch default, not the ViT's 1e-6)."""
-    checkpoint: str | None = path_field("the LAVIS EVA-ViT-g weights `eva_vit_g.pth` (a raw state dict)")
-    """EVA weights; None keeps the random init (tiny presets)."""
+
+# ----------------------------------------------------------------------------------------------- pluggable parts
+
+
+@dataclass
+class EncoderConfig:
+    """Fields every frozen encoder has. Its architecture fields come from the registered builder's own subclass."""
+
+    name: str = ""
+    """Registered encoder builder (e.g. eva_vit_g, beats); selects the schema of the rest of this section."""
+    checkpoint: str | None = path_field("the encoder's official weight file")
+    """Weights loaded after the build; None keeps the random init (tiny presets)."""
     frozen: bool = True
     """Frozen: no grad, eval mode kept, run under torch.no_grad."""
     precision: Precision = "bf16"
-    """Compute precision of the frozen tower (the reference used fp16 on GPU)."""
+    """Weight dtype of the frozen tower (norms, class token, position embedding and biases stay fp32)."""
+
+    def output_width(self) -> int:
+        """Width of every output token."""
+        raise _no_schema(self, "encoder")
+
+    def num_tokens(self, modality: str, item_shape: tuple[int, ...]) -> int:
+        """Tokens one input item (an image, a frame, an audio segment or clip) of this shape becomes."""
+        raise _no_schema(self, "encoder")
+
+    def preprocessing(self, modality: str) -> dict[str, Any]:
+        """`ProcessorConfig` values this encoder needs for `modality` (processor name, size, statistics...)."""
+        raise _no_schema(self, "encoder")
 
 
 @dataclass
-class AudioEncoderConfig:
-    """BEATs + `ln_audio`; defaults are BEATs iter3+ AS2M (spec 1.5). A checkpoint's own `cfg` takes precedence."""
+class ConnectorConfig:
+    """Fields every connector has; its own fields come from the registered builder's subclass."""
 
-    name: str = "beats"
-    """Registered encoder builder."""
-    num_mel_bins: int = 64
-    """Fbank bins fed to BEATs: 64 for the released ChatBridge weights (BEATs itself was pre-trained on 128)."""
-    patch_size: int = 16
-    """Conv patch size over (time, frequency)."""
-    embed_dim: int = 512
-    """Patch-embedding width before `post_extract_proj`."""
-    width: int = 768
-    """Encoder width (D_a)."""
-    depth: int = 12
-    """Transformer layers."""
-    num_heads: int = 12
-    """Attention heads."""
-    ffn_dim: int = 3072
-    """Feed-forward width."""
-    conv_pos: int = 128
-    """Kernel of the convolutional position embedding."""
-    conv_pos_groups: int = 16
-    """Groups of the convolutional position embedding."""
-    num_buckets: int = 320
-    """Relative-position buckets."""
-    max_distance: int = 800
-    """Relative-position maximum distance."""
-    deep_norm: bool = True
-    """Residual scaled by (2 * depth) ** 0.25; has no parameters, so it must come from the checkpoint cfg."""
-    layer_norm_first: bool = False
-    """Pre-LN (True) or post-LN (False)."""
-    gru_rel_pos: bool = True
-    """Gated relative position bias."""
-    ln_audio_eps: float = 1e-5
-    """Eps of `ln_audio`."""
-    checkpoint: str | None = path_field("an official BEATs checkpoint `.pt` with keys `cfg` and `model`")
-    """BEATs weights; None keeps the random init (tiny presets)."""
-    frozen: bool = True
-    """Frozen: no grad, eval mode kept, run under torch.no_grad."""
-    precision: Precision = "bf16"
-    """Compute precision of the frozen tower."""
+    name: str = ""
+    """Registered connector builder (shared_qformer, qformer_per_modality, linear, mlp, item_mean)."""
+
+    def output_tokens(self, num_items: int, tokens_per_item: int) -> int:
+        """Soft tokens a media block of `num_items` items with `tokens_per_item` encoder tokens each becomes."""
+        raise _no_schema(self, "connector")
+
+    def output_width(self, memory_width: int) -> int:
+        """Width of the connector's output tokens (before `llm_proj`)."""
+        raise _no_schema(self, "connector")
 
 
-@dataclass
-class PerceiverConfig:
-    """The connector between encoders and the LLM; defaults are ChatBridge's shared BLIP-2 Q-Former (spec 1.7)."""
-
-    name: str = "shared_qformer"
-    """Registered connector: shared_qformer | qformer_per_modality | linear | mlp."""
-    num_layers: int = 12
-    """Q-Former layers."""
-    hidden_size: int = 768
-    """Q-Former width (D_q)."""
-    num_heads: int = 12
-    """Q-Former attention heads."""
-    intermediate_size: int = 3072
-    """Q-Former feed-forward width."""
-    cross_attention_frequency: int = 2
-    """Cross-attention in every layer whose index is a multiple of this."""
-    num_query_tokens: int = 32
-    """Learnable queries per query set (image queries serve images and videos)."""
-    dropout: float = 0.0
-    """Hidden and attention dropout (the reference: 0 in stage 1, 0.1 in stage 2)."""
-    layer_norm_eps: float = 1e-12
-    """Q-Former LayerNorm eps (BERT)."""
-    audio_query_init: Literal["zeros", "normal"] = "zeros"
-    """Initial audio queries: zeros as in the reference, or N(0, 0.02) like the image queries."""
-    temporal_embeddings: bool = False
-    """Add a learned embedding per frame / audio segment before the Q-Former (`multi_sample` in the reference)."""
-    max_frames: int = 4
-    """Frames covered by the temporal embedding."""
-    max_audio_segments: int = 2
-    """Audio segments covered by the temporal embedding."""
-    blip2_checkpoint: str | None = path_field(
-        "the LAVIS BLIP-2 checkpoint `blip2_pretrained_flant5xxl.pth` (its `model` holds the Q-Former)"
+def _no_schema(section: Any, kind: str) -> TypeError:
+    return TypeError(
+        f"{kind} config {section.name!r} is the bare {type(section).__name__}; build configs with load_config "
+        f"(which applies the registered {kind}'s schema) or with that {kind}'s own config class"
     )
-    """BLIP-2 weights that initialise the Q-Former, image queries and `ln_vision`; None keeps the random init."""
+
+
+@dataclass
+class RouteConfig:
+    """How one modality reaches the LLM."""
+
+    encoder: str = ""
+    """Key in `model.encoders` of the tower that encodes it (videos use the image tower in ChatBridge)."""
+    queries: str | None = None
+    """The connector's query set for it (Q-Former connectors); None for connectors without queries."""
+
+
+# ----------------------------------------------------------------------------------------------- the model
 
 
 @dataclass
@@ -148,95 +119,128 @@ class LoraConfig:
 
 @dataclass
 class LLMConfig:
-    """The frozen causal language model and its tokenizer."""
+    """The causal language model and its tokenizer, from a local Hugging Face folder."""
 
     name: str = "hf_causal_lm"
-    """Registered LLM builder: hf_causal_lm (a local Hugging Face folder) or tiny_llama (generated, tiny)."""
+    """Registered LLM builder."""
     path: str | None = path_field(
         "a local Hugging Face causal-LM folder (config.json, tokenizer files, weights), e.g. Vicuna-13B v0",
         default="/path/to/vicuna-13b",
     )
-    """The LLM folder (hf_causal_lm) or where the tiny one is generated (tiny_llama)."""
+    """The LLM folder."""
     precision: Precision = "bf16"
     """Weight dtype of the frozen LLM (the reference used fp16)."""
     frozen: bool = True
     """Freeze the LLM's own weights."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Optional LoRA adapters."""
-    hidden_size: int = 32
-    """tiny_llama only: width."""
-    num_layers: int = 2
-    """tiny_llama only: layers."""
-    num_heads: int = 4
-    """tiny_llama only: attention heads."""
-    vocab_size: int = 128
-    """tiny_llama only: sentencepiece vocabulary size."""
-    corpus: str | None = path_field("a synthetic world folder whose texts teach the tiny LLM its language")
-    """tiny_llama only: train the tokenizer and pre-train the LM on this world's texts (None: a fixed corpus)."""
-    pretrain_steps: int = 0
-    """tiny_llama only: language-model steps on the corpus before the LLM is frozen."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Load the frozen LLM in 8 or 4 bits through bitsandbytes (a CUDA device only), for chat and evaluation."""
+    device_map: str | None = None
+    """Spread the LLM over devices with accelerate (e.g. "auto"; a CUDA device only); None: one device."""
 
 
 @dataclass
 class FaithfulConfig:
-    """Quirks of the reference code (spec section 8), each off by default and on in the `faithful` preset."""
+    """Quirks of the authors' code (docs/reference/chatbridge.md §8), each off by default, on in the `faithful`
+    preset. The audio padding quirk is a preprocessing setting: `processor.extra_segment_on_exact_multiple`."""
 
     bos_mask_on_padded_rows: bool = False
-    """Stage 2: copy BOS's attention-mask value from the first left-padded column, masking BOS on shorter rows."""
+    """Stage 2: BOS takes the attention-mask value of the first left-padded column, masking BOS on shorter rows."""
     zero_grad_keep_zeros: bool = False
     """`zero_grad(set_to_none=False)`: unused modality parameters keep zero grads and still get AdamW updates."""
     weight_decay_everything: bool = False
     """Decay biases, norms and query tokens too (the reference decays every trainable tensor)."""
-    extra_segment_on_exact_multiple: bool = False
-    """Fbank padding adds a whole zero segment when the length is an exact multiple of the segment length."""
 
 
 @dataclass
 class ModelConfig:
-    """The ChatBridge model: frozen encoders, a connector, a projection, a frozen LLM."""
+    """Frozen encoders, a connector, a projection, an LLM; the model preset fills `encoders` and `routes`."""
 
     arch: str = "chatbridge"
     """Registered model builder."""
     model_type: str = "vicuna13b"
     """Preset: selects the model's default YAML `chatbridge/configs/models/{arch}_{model_type}.yaml`."""
-    vision: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
-    """Image/video encoder."""
-    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
-    """Audio encoder."""
-    perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
-    """Connector between encoders and the LLM."""
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    """Frozen towers by key (ChatBridge: `vision` = EVA-ViT-g, `audio` = BEATs)."""
+    routes: dict[str, RouteConfig] = field(default_factory=dict)
+    """Modality -> encoder and query set (ChatBridge: image and video -> vision/image queries, audio -> audio)."""
+    memory_encoder: str | None = None
+    """Encoder whose width the connector's memory has; others get a linear adapter to it (`audio_trans` in the
+    reference). None: the widest encoder."""
+    connector: ConnectorConfig = field(default_factory=lambda: ConnectorConfig(name="shared_qformer"))
+    """Between the encoders and `llm_proj`."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     """Language model."""
     checkpoint: str | None = path_field(
         "a ChatBridge checkpoint: the released `.pth` or a folder/`.safetensors` written by train.py"
     )
     """Weights loaded after the parts' own checkpoints (stage-2 init, evaluation, demo); None for none."""
-    trainable: list[str] = field(default_factory=lambda: ["perceiver.*", "audio_adapter.*", "llm_proj.*"])
+    trainable: list[str] = field(default_factory=lambda: ["connector.*", "adapters.*", "llm_proj.*"])
     """Glob patterns of parameter names that train; everything else is frozen."""
     max_txt_len: int = 32
-    """Positions per sample: caption tokens in stage 1 (reference: 32), text and query slots in stage 2 (220)."""
+    """Positions per sample: caption tokens in stage 1 (reference: 32), text and soft tokens in stage 2 (220)."""
     faithful: FaithfulConfig = field(default_factory=FaithfulConfig)
     """Reference quirks (off unless the faithful preset turns them on)."""
     init_seed: int = 0
     """Seed of the parts' random initialisation; frozen random towers (tiny presets) are rebuilt from it."""
 
     def __post_init__(self) -> None:
+        for modality, route in self.routes.items():
+            if route.encoder not in self.encoders:
+                raise ValueError(
+                    f"model.routes.{modality}.encoder = {route.encoder!r} is not in model.encoders "
+                    f"{sorted(self.encoders)}"
+                )
+        if self.memory_encoder is not None and self.memory_encoder not in self.encoders:
+            raise ValueError(f"model.memory_encoder = {self.memory_encoder!r} is not in {sorted(self.encoders)}")
         if self.llm.lora.rank > 0 and not any("lora" in pattern for pattern in self.trainable):
             raise ValueError(
                 "model.llm.lora.rank > 0 but no model.trainable pattern selects the adapters: add 'llm.*lora_*'"
             )
 
+    def memory_width_encoder(self) -> str:
+        """The encoder key that sets the connector's memory width (`memory_encoder`, else the widest)."""
+        if self.memory_encoder is not None:
+            return self.memory_encoder
+        return max(self.encoders, key=lambda key: self.encoders[key].output_width())
+
+    def soft_tokens(self, modality: str, block_shape: tuple[int, ...]) -> int:
+        """Soft tokens one media block of `block_shape` becomes; what the data pipeline reserves for it.
+
+        A pure function of the config (no model is built), so datasets are built and pickled without a model.
+        """
+        if modality not in self.routes:
+            raise ValueError(f"no model.routes entry for {modality!r}; routed: {sorted(self.routes)}")
+        num_items, item_shape = split_items(modality, block_shape)
+        encoder = self.encoders[self.routes[modality].encoder]
+        return self.connector.output_tokens(num_items, encoder.num_tokens(modality, item_shape))
+
+
+# ----------------------------------------------------------------------------------------------- data
+
 
 @dataclass
 class ProcessorConfig:
-    """Media preprocessing shared by datasets, evaluation and the demo (spec 1.4, 1.11, 4.5)."""
+    """Media preprocessing shared by datasets, evaluation and the chat.
 
-    image_size: int = 224
-    """Square resize target (aspect ratio not kept, as in the reference)."""
-    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
-    """Normalisation mean (CLIP)."""
-    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
-    """Normalisation std (CLIP)."""
+    Fields left at None are filled from the routed encoder's declared needs (`EncoderConfig.preprocessing`); a
+    value set here that disagrees with them is an error. A dataset's `processor` section overrides the top-level
+    `processor` section field by field.
+    """
+
+    image_processor: str | None = None
+    """Registered processor for images (None: the encoder's)."""
+    video_processor: str | None = None
+    """Registered processor for videos (None: the encoder's)."""
+    audio_processor: str | None = None
+    """Registered processor for audio (None: the encoder's)."""
+    image_size: int | None = None
+    """Square side the frames are resized to."""
+    mean: list[float] | None = None
+    """Per-channel normalisation mean."""
+    std: list[float] | None = None
+    """Per-channel normalisation std."""
     antialias: bool = False
     """Antialiased resize (the reference's torchvision 0.13 did not antialias tensor resizes)."""
     augment: bool = False
@@ -245,18 +249,29 @@ class ProcessorConfig:
     """Frames per video."""
     frame_sampling: Literal["segment_random", "segment_middle", "uniform"] | None = None
     """Frame choice; None = one random frame per segment in training, the middle one at evaluation."""
-    sample_rate: int = 16000
+    sample_rate: int | None = None
     """Audio is resampled to this rate."""
-    num_mel_bins: int = 64
-    """Fbank bins (64 for the released weights)."""
+    num_mel_bins: int | None = None
+    """Fbank bins."""
     target_length: int = 1024
     """Fbank frames per audio segment."""
     num_audio_segments: int = 1
     """Audio segments per clip."""
-    fbank_mean: float = 15.41663
-    """Fbank normalisation mean (BEATs AudioSet statistics)."""
-    fbank_std: float = 6.55582
-    """Fbank normalisation std (divided by 2 * std, as BEATs does)."""
+    fbank_mean: float | None = None
+    """Fbank normalisation mean (the encoder's pre-training statistics)."""
+    fbank_std: float | None = None
+    """Fbank normalisation std."""
+    extra_segment_on_exact_multiple: bool = False
+    """Faithful quirk: an extra all-zero audio segment when the fbank length is an exact multiple of a segment."""
+
+    def resolve(self, modality: str, needs: dict[str, Any], where: str) -> None:
+        """Fill unset fields from an encoder's `needs` for `modality`; raise on a conflicting explicit value."""
+        for key, value in needs.items():
+            current = getattr(self, key)
+            if current is None:
+                setattr(self, key, value)
+            elif current != value:
+                raise ValueError(f"{where}.{key} = {current!r} but the {modality} encoder needs {value!r}")
 
 
 Task = Literal["caption", "shortqa", "normalqa", "ocr", "det", "rea", "conv"]
@@ -264,7 +279,7 @@ Task = Literal["caption", "shortqa", "normalqa", "ocr", "det", "rea", "conv"]
 
 @dataclass
 class DatasetConfig:
-    """One dataset of a stage's mixture (spec 4.3, 4.4)."""
+    """One dataset of a stage's mixture (docs/reference/chatbridge.md §4.3, §4.4)."""
 
     builder: str = "caption_json"
     """Registered dataset builder."""
@@ -287,9 +302,12 @@ class DatasetConfig:
     batch_size: int = 2
     """Per-process batch size for steps drawn from this dataset."""
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
-    """Media preprocessing."""
+    """Media preprocessing (field by field over the top-level `processor`)."""
     skip_bad_rows: bool = False
     """Skip and count malformed annotation rows instead of failing at start-up."""
+
+
+# ----------------------------------------------------------------------------------------------- running
 
 
 @dataclass
@@ -339,43 +357,106 @@ class RunConfig:
     feature_cache: str | None = path_field("a folder for cached frozen-tower features (filled on first use)")
     """Cache the frozen towers' outputs of deterministic media here and read them instead of encoding again."""
     activation_checkpointing: bool = False
-    """Recompute Q-Former and LLM activations in the backward pass."""
+    """Recompute connector and LLM activations in the backward pass."""
     fsdp: bool = False
     """Shard the frozen LLM with FSDP when it does not fit one device."""
 
 
 @dataclass
+class GenerationSettings:
+    """How the chat, the demo and evaluation generate text (docs/reference/chatbridge.md §2.4 for the reference's)."""
+
+    max_new_tokens: int = 300
+    """Tokens generated per answer at most (the reference demo: 300)."""
+    do_sample: bool = False
+    """Sample instead of greedy/beam search (the reference always sampled)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 0.9
+    """Nucleus sampling mass."""
+    num_beams: int = 1
+    """Beam search width (1: no beam search)."""
+    repetition_penalty: float = 1.0
+    """Penalty on repeated tokens (1: none)."""
+    seed: int = 0
+    """Seed of sampling: the same seed, prompt and settings give the same answer."""
+    stop: str = "###"
+    """An answer ends at this text (the turn separator of the training template)."""
+    max_context: int | None = None
+    """Prompt + answer tokens at most; None: the LLM's `max_position_embeddings`."""
+    overflow: Literal["truncate", "refuse"] = "truncate"
+    """When a conversation outgrows the context: drop the oldest turns' text (never media or BOS), or refuse."""
+    faithful: bool = False
+    """Re-render and re-run the whole conversation every turn, tokenised as the reference chat did (no cache)."""
+
+
+@dataclass
+class TinyLLMConfig:
+    """A tiny LLaMA stand-in for Vicuna, trained on the synthetic world's texts and written to `model.llm.path`."""
+
+    hidden_size: int = 64
+    """Width."""
+    num_layers: int = 2
+    """Layers."""
+    num_heads: int = 4
+    """Attention heads."""
+    vocab_size: int = 512
+    """Sentencepiece vocabulary size."""
+    pretrain_steps: int = 300
+    """Language-model steps on the world's texts before it is frozen."""
+    seed: int = 0
+    """Seed of its initialisation and batch order."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic world and its stand-ins for weights that cannot be downloaded (tiny CPU runs)."""
+
+    world: str | None = path_field("a folder for the synthetic world (generated there on first use)")
+    """Generate the deterministic synthetic world here before anything else; None: no synthetic world."""
+    seed: int = 0
+    """Seed of the world."""
+    tiny_llm: TinyLLMConfig | None = None
+    """Write a tiny LLaMA that knows the world's language to `model.llm.path` (unless an identical one is there)."""
+
+
+@dataclass
 class TrainConfig:
-    """A whole run: the YAML's three sections."""
+    """A whole run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     """Named datasets of this stage's mixture."""
-    valor_data_opts: str | None = path_field("the authors' VALOR-style data-opts JSON (spec 4.1)")
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    """Preprocessing of every dataset (each dataset's `processor` overrides it) and of evaluation and chat."""
+    valor_data_opts: str | None = path_field("the authors' VALOR-style data-opts JSON (docs/reference §4.1)")
     """Datasets from the authors' data-opts JSON, added to `datasets` (relative paths inside it: its own folder)."""
     run: RunConfig = field(default_factory=RunConfig)
     """How to run."""
-    synthetic_world: str | None = path_field("a folder for the synthetic world (generated there on first use)")
-    """Generate the deterministic synthetic world here before building datasets (tiny CPU runs)."""
-    synthetic_world_seed: int = 0
-    """Seed of the synthetic world."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """How the chat, the demo and evaluation generate."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The synthetic world and stand-in weights (tiny presets)."""
 
     def __post_init__(self) -> None:
+        self.processor = resolve_processor(self.model, self.processor, list(self.model.routes), "processor")
         for name, dataset in self.datasets.items():
-            _check_dataset_fits_model(name, dataset, self.model)
+            dataset.processor = resolve_processor(
+                self.model, dataset.processor, dataset.modalities, f"datasets.{name}.processor"
+            )
 
 
-def _check_dataset_fits_model(name: str, dataset: DatasetConfig, model: ModelConfig) -> None:
-    """A dataset's preprocessing must produce what the model's encoders take."""
-    processor = dataset.processor
-    if {"image", "video"} & set(dataset.modalities) and processor.image_size != model.vision.image_size:
-        raise ValueError(
-            f"datasets.{name}.processor.image_size = {processor.image_size} but model.vision.image_size = "
-            f"{model.vision.image_size}: set them equal"
-        )
-    if "audio" in dataset.modalities and processor.num_mel_bins != model.audio.num_mel_bins:
-        raise ValueError(
-            f"datasets.{name}.processor.num_mel_bins = {processor.num_mel_bins} but model.audio.num_mel_bins = "
-            f"{model.audio.num_mel_bins}: set them equal"
-        )
+def resolve_processor(
+    model: ModelConfig, processor: ProcessorConfig, modalities: list[str], where: str
+) -> ProcessorConfig:
+    """A copy of `processor` with every field an encoder dictates filled in for `modalities` (see ProcessorConfig).
+
+    Modalities without a route are left alone here; building their dataset reports them.
+    """
+    resolved = dataclasses.replace(processor)
+    for modality in modalities:
+        route = model.routes.get(modality)
+        if route is not None:
+            resolved.resolve(modality, model.encoders[route.encoder].preprocessing(modality), where)
+    return resolved

@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from chatbridge.config import ModelConfig, TrainConfig
+from chatbridge import registry
+from chatbridge.config import ConnectorConfig, EncoderConfig, ModelConfig, TrainConfig
 
 MODEL_PRESETS_DIR = Path(__file__).parent / "configs" / "models"
 PLACEHOLDER_PREFIXES = ("/path/to/", "???")
@@ -43,15 +44,18 @@ def load_config(cfg_path: str | Path, options: Sequence[str] = (), require_paths
 
     Args:
         cfg_path: the run YAML.
-        options: LAVIS-style overrides such as `run.init_lr=1e-5` or `model.perceiver.num_query_tokens=16`.
+        options: LAVIS-style overrides such as `run.init_lr=1e-5` or `model.connector.num_query_tokens=16`.
         require_paths: fail on path placeholders such as `/path/to/vicuna` (off to validate shipped templates).
     """
     run_source = Source(str(cfg_path), _read_yaml(Path(cfg_path)))
     option_source = Source(OPTIONS_SOURCE, _parse_options(options))
     sources = [model_preset_source(run_source, option_source), run_source, option_source]
+    registry.load_builtin_components()  # the encoders' and connectors' schemas come from their builders
     merged: DictConfig = OmegaConf.structured(TrainConfig)
     for source in sources:
+        _apply_component_schemas(merged, source)
         merged = _merge(merged, source)
+    _layer_dataset_processors(merged, sources)
     config = _to_object(merged, sources)
     if require_paths:
         check_paths(config, sources)
@@ -70,6 +74,68 @@ def model_preset_source(*sources: Source) -> Source:
         known = sorted(p.stem for p in MODEL_PRESETS_DIR.glob("*.yaml"))
         raise ConfigError(f"no model preset for arch {arch!r} and model_type {model_type!r}; known: {known}")
     return Source(_display_path(path), _read_yaml(path))
+
+
+def component_schema(kind: registry.Registry, name: str, base: type) -> type:
+    """The config dataclass of a registered encoder or connector: the annotation of its builder's `cfg` parameter."""
+    builder = kind.get(name)
+    schema = typing.get_type_hints(builder).get("cfg")
+    if not (isinstance(schema, type) and issubclass(schema, base)):
+        raise TypeError(
+            f"{kind.kind} builder {name!r} must annotate its `cfg` parameter with a {base.__name__} subclass"
+        )
+    return schema
+
+
+def with_schema(section: Any, kind: registry.Registry, base: type) -> Any:
+    """`section` (an EncoderConfig/ConnectorConfig) as an instance of its builder's schema, common fields kept."""
+    schema = component_schema(kind, section.name, base)
+    if type(section) is schema:
+        return section
+    return schema(**{spec.name: getattr(section, spec.name) for spec in dataclasses.fields(base)})
+
+
+def _apply_component_schemas(merged: DictConfig, source: Source) -> None:
+    """Before `source` is merged: give every encoder and the connector it names the schema of its builder, so
+    that their own keys validate (and typos in them fail) like any other key."""
+    encoders = OmegaConf.select(source.data, "model.encoders", default=None)
+    for key in encoders.keys() if isinstance(encoders, DictConfig) else ():
+        where = f"model.encoders.{key}"
+        current = merged.model.encoders.get(key)
+        name = OmegaConf.select(source.data, f"{where}.name", default=None) or (current.name if current else None)
+        if not name:
+            raise ConfigError(f"{source.name}: {where}.name is required (a registered encoder)")
+        merged.model.encoders[key] = _schema_node(registry.ENCODERS, EncoderConfig, name, current, source, where)
+    if OmegaConf.select(source.data, "model.connector", default=None) is not None:
+        current = merged.model.connector
+        name = OmegaConf.select(source.data, "model.connector.name", default=None) or current.name
+        merged.model.connector = _schema_node(
+            registry.CONNECTORS, ConnectorConfig, name, current, source, "model.connector"
+        )
+
+
+def _schema_node(
+    kind: registry.Registry, base: type, name: str, current: DictConfig | None, source: Source, where: str
+) -> DictConfig:
+    """A node of the builder's schema; the common fields of `current` carry over when the name changes."""
+    try:
+        schema = component_schema(kind, name, base)
+    except KeyError as error:
+        raise ConfigError(f"{source.name}: {where}.name: {error.args[0]}") from None
+    if current is not None and OmegaConf.get_type(current) is schema:
+        return current
+    common = {spec.name: current[spec.name] for spec in dataclasses.fields(base)} if current is not None else {}
+    return OmegaConf.merge(OmegaConf.structured(schema), {**common, "name": name})
+
+
+def _layer_dataset_processors(merged: DictConfig, sources: list[Source]) -> None:
+    """Each dataset's processor = the top-level `processor`, then the dataset's own `processor` keys on top."""
+    for name in merged.datasets:
+        layers = [OmegaConf.select(s.data, f"datasets.{name}.processor", default=None) for s in sources]
+        try:
+            merged.datasets[name].processor = OmegaConf.merge(merged.processor, *[x for x in layers if x is not None])
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"datasets.{name}.processor: {str(error).splitlines()[0]}") from None
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -229,23 +295,28 @@ def _display_path(path: Path) -> str:
 
 def registry_references(config: TrainConfig) -> list[tuple[str, Any, str]]:
     """Every (config key, registry, name) the config refers to, so that all can be resolved before a launch."""
-    from chatbridge import registry
-
     registry.load_builtin_components()
     model = config.model
     references = [
         ("model.arch", registry.MODELS, model.arch),
-        ("model.vision.name", registry.ENCODERS, model.vision.name),
-        ("model.audio.name", registry.ENCODERS, model.audio.name),
-        ("model.perceiver.name", registry.CONNECTORS, model.perceiver.name),
+        ("model.connector.name", registry.CONNECTORS, model.connector.name),
         ("model.llm.name", registry.LLMS, model.llm.name),
     ]
+    references += [(f"model.encoders.{key}.name", registry.ENCODERS, e.name) for key, e in model.encoders.items()]
     references += [(f"datasets.{name}.builder", registry.DATASETS, d.builder) for name, d in config.datasets.items()]
+    processors = [("processor", config.processor)] + [
+        (f"datasets.{n}.processor", d.processor) for n, d in config.datasets.items()
+    ]
+    for where, processor in processors:
+        for modality in ("image", "video", "audio"):
+            name = getattr(processor, f"{modality}_processor")
+            if name is not None:
+                references.append((f"{where}.{modality}_processor", registry.PROCESSORS, name))
     return references
 
 
 def check_registry_names(config: TrainConfig) -> None:
     """Resolve every registered name the config uses; an unknown one fails naming its key and the known names."""
-    for key, registry, name in registry_references(config):
-        if name not in registry:
-            raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; known: {registry.names()}")
+    for key, kind, name in registry_references(config):
+        if name not in kind:
+            raise ConfigError(f"{key}: unknown {kind.kind} {name!r}; known: {kind.names()}")

@@ -1,6 +1,6 @@
 """Write the deterministic synthetic multimodal world used for CPU training, evaluation and demos.
 
-The world (layout and held-out split: see ``chatbridge/data/synthetic.py``) is reused when ``--out`` already holds a
+The world (layout and held-out split: see ``chatbridge/synthetic/world.py``) is reused when ``--out`` already holds a
 complete world with the same seed and scale, and regenerated in place otherwise; ``--force`` always regenerates.
 
 Usage:
@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from chatbridge.data.synthetic import SCALES, ensure_world, generate_world
+from chatbridge.synthetic.world import SCALES, ensure_world, generate_world
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,9 @@ import logging
 import sys
 
 from chatbridge.config import ProcessorConfig
-from chatbridge.data.datasets.shards import pack_caption_shards
+from chatbridge.data.shard_writer import pack_caption_shards
+from chatbridge.models.encoders.beats import BeatsConfig
+from chatbridge.models.encoders.eva import EvaViTConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,17 +29,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modality", required=True, choices=["image", "audio", "video"])
     parser.add_argument("--out", required=True, help="empty output folder for shard-000000.tar, ...")
     parser.add_argument("--max-per-shard", type=int, default=1000, help="samples per shard")
-    parser.add_argument("--image-size", type=int, default=ProcessorConfig.image_size, help="resize used for checks")
+    parser.add_argument("--image-size", type=int, default=EvaViTConfig.image_size, help="resize used for checks")
     parser.add_argument("--num-frames", type=int, default=ProcessorConfig.num_frames, help="frames used for checks")
     return parser.parse_args(argv)
+
+
+def checking_processor(modality: str, image_size: int, num_frames: int) -> ProcessorConfig:
+    """The preprocessing that checks each file: that of ChatBridge's own encoders (EVA-ViT-g, BEATs)."""
+    encoder = BeatsConfig() if modality == "audio" else EvaViTConfig(image_size=image_size)
+    processor = ProcessorConfig(num_frames=num_frames)
+    processor.resolve(modality, encoder.preprocessing(modality), "processor")
+    return processor
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    processor = ProcessorConfig(image_size=args.image_size, num_frames=args.num_frames)
+    processor = checking_processor(args.modality, args.image_size, args.num_frames)
     report = pack_caption_shards(
-        args.annotations, args.media_root, args.modality, args.out, args.max_per_shard, processor
+        args.annotations, args.media_root, args.modality, args.out, processor, args.max_per_shard
     )
     print(report.format())
     return 0 if report.written else 1

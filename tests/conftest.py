@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from chatbridge.config import ModelConfig
+from chatbridge.config import ModelConfig, TrainConfig
 from chatbridge.config_loading import load_config
 from chatbridge.models.chatbridge import ChatBridgeModel, build_chatbridge
 from chatbridge.models.freezing import set_trainable
+from chatbridge.synthetic.tiny_llm import write_tiny_llama_folder
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_PRETRAIN = REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml"
 
 
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory) -> Path:
-    """One tiny LLaMA folder per test session (generated through the real `tiny_llama` builder)."""
-    return tmp_path_factory.mktemp("tiny_llama")
+    """One untrained tiny LLaMA folder per test session (fixed corpus, vocabulary 128, width 32): fast, and free of
+    the synthetic world, for shape-and-plumbing tests."""
+    return write_tiny_llama_folder(tmp_path_factory.mktemp("tiny_llama") / "llm")
 
 
 @pytest.fixture
-def tiny_config(tiny_llm_dir) -> ModelConfig:
-    """The shipped tiny preset, with its LLM folder in the session's temp dir."""
-    config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", require_paths=False)
-    model = config.model
-    # An untrained tiny LLM (no corpus) keeps these shape-and-plumbing tests fast and free of the synthetic world.
-    llm = dataclasses.replace(model.llm, path=str(tiny_llm_dir / "llm"), corpus=None, pretrain_steps=0)
-    return dataclasses.replace(model, llm=llm)
+def tiny_train_config(tiny_llm_dir) -> TrainConfig:
+    """The shipped tiny stage-1 run config, with its LLM folder in the session's temp dir."""
+    return load_config(TINY_PRETRAIN, [f"model.llm.path={tiny_llm_dir}"], require_paths=False)
+
+
+@pytest.fixture
+def tiny_config(tiny_train_config) -> ModelConfig:
+    """The tiny preset's model config."""
+    return tiny_train_config.model
 
 
 @pytest.fixture

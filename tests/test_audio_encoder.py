@@ -8,9 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from chatbridge.config import AudioEncoderConfig
-from chatbridge.models.encoders.audio import (
-    AudioEncoder,
+import chatbridge.data.processors  # noqa: F401  (registers the processors)
+from chatbridge.models.encoders.base import Encoder
+from chatbridge.models.encoders.beats import (
+    BeatsConfig,
+    BeatsEncoder,
     beats_kwargs_from_cfg,
     build_beats,
     build_beats_from_checkpoint_cfg,
@@ -19,11 +21,12 @@ from chatbridge.models.encoders.audio import (
     old_to_new_weight_norm_keys,
     read_beats_cfg,
 )
-from chatbridge.models.encoders.beats import BEATs, relative_position_buckets
-from chatbridge.registry import ENCODERS
+from chatbridge.models.encoders.beats_network import BEATs, relative_position_buckets
+from chatbridge.registry import ENCODERS, PROCESSORS
 from tests.fixtures.beats import TINY_BEATS_CFG, write_tiny_beats_checkpoint
 
-TINY_AUDIO_CONFIG = AudioEncoderConfig(
+TINY_AUDIO_CONFIG = BeatsConfig(
+    num_mel_bins=32,
     embed_dim=16,
     width=32,
     depth=2,
@@ -40,7 +43,7 @@ def _fbank(seed: int = 0, batch: int = 2, frames: int = 64, bins: int = 32) -> t
     return torch.randn(batch, frames, bins, generator=torch.Generator().manual_seed(seed))
 
 
-def _encode(encoder: AudioEncoder, fbank: torch.Tensor) -> torch.Tensor:
+def _encode(encoder: BeatsEncoder, fbank: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return encoder.eval()(fbank)
 
@@ -49,29 +52,32 @@ def _encode(encoder: AudioEncoder, fbank: torch.Tensor) -> torch.Tensor:
 
 
 def test_registered_builder_builds_tiny_encoder_with_expected_shape():
+    assert ENCODERS.get("beats") is build_beats
     encoder = ENCODERS.get("beats")(TINY_AUDIO_CONFIG)
+    assert isinstance(encoder, Encoder)
     out = _encode(encoder, _fbank(frames=64, bins=32))
-    assert out.shape == (2, encoder.num_tokens(64, 32), 32) == (2, 8, 32)
-    assert encoder.width == 32
+    assert out.shape == (2, TINY_AUDIO_CONFIG.num_tokens("audio", (64, 32)), 32) == (2, 8, 32)
+    assert encoder.width == TINY_AUDIO_CONFIG.output_width() == 32
     assert torch.isfinite(out).all()
 
 
 def test_full_size_output_shape_on_meta_device():
+    cfg = BeatsConfig()
     with torch.device("meta"):
-        encoder = build_beats(AudioEncoderConfig())
+        encoder = build_beats(cfg)
     out = encoder(torch.empty(3, 1024, 64, device="meta"))
     assert out.shape == (3, (1024 // 16) * (64 // 16), 768) == (3, 256, 768)
-    assert encoder.num_tokens(1024, 64) == 256
+    assert cfg.num_tokens("audio", (1024, 64)) == 256
 
 
 def test_full_size_state_dict_matches_spec_count_and_layout():
     with torch.device("meta"):
-        backbone = build_beats(AudioEncoderConfig()).backbone
+        backbone = build_beats(BeatsConfig()).backbone
     state_dict = new_to_old_weight_norm_keys(backbone.state_dict())
     # Spec 1.14: the shared 320x12 table is counted under each of the 12 layer names, as upstream saves it.
     assert sum(tensor.numel() for tensor in state_dict.values()) == 90_354_032
     assert sum(parameter.numel() for parameter in backbone.parameters()) == 90_354_032 - 11 * 320 * 12
-    expected_shapes = {  # spec 3.4
+    expected_shapes = {  # docs/reference/chatbridge.md §3.4
         "patch_embedding.weight": (512, 1, 16, 16),
         "layer_norm.weight": (512,),
         "post_extract_proj.weight": (768, 512),
@@ -87,6 +93,21 @@ def test_full_size_state_dict_matches_spec_count_and_layout():
     }
     assert {key: tuple(state_dict[key].shape) for key in expected_shapes} == expected_shapes
     assert "patch_embedding.bias" not in state_dict
+
+
+def test_preprocessing_is_beats_fbank_with_its_statistics():
+    # BEATs' AudioSet fbank statistics (upstream `BEATs.preprocess`), 16 kHz, 64 bins for the released ChatBridge.
+    assert BeatsConfig().preprocessing("audio") == {
+        "audio_processor": "beats_fbank",
+        "sample_rate": 16000,
+        "num_mel_bins": 64,
+        "fbank_mean": 15.41663,
+        "fbank_std": 6.55582,
+    }
+    assert TINY_AUDIO_CONFIG.preprocessing("audio")["num_mel_bins"] == 32
+    assert "beats_fbank" in PROCESSORS.names()
+    with pytest.raises(ValueError, match="'image'"):
+        BeatsConfig().preprocessing("image")
 
 
 def test_relative_position_table_is_shared_by_all_layers():

@@ -29,7 +29,10 @@ def presets(tmp_path, monkeypatch) -> Path:
     """A private model-preset folder with one preset, `chatbridge_test`."""
     folder = tmp_path / "presets"
     folder.mkdir()
-    write(folder / "chatbridge_test.yaml", "model:\n  perceiver:\n    num_query_tokens: 8\n    num_layers: 3\n")
+    write(
+        folder / "chatbridge_test.yaml",
+        "model:\n  connector:\n    name: shared_qformer\n    num_query_tokens: 8\n    num_layers: 3\n",
+    )
     monkeypatch.setattr(config_loading, "MODEL_PRESETS_DIR", folder)
     return folder
 
@@ -37,14 +40,14 @@ def presets(tmp_path, monkeypatch) -> Path:
 def test_merge_precedence_defaults_preset_yaml_options(tmp_path, presets):
     run_yaml = write(
         tmp_path / "run.yaml",
-        "model:\n  model_type: test\n  perceiver:\n    num_query_tokens: 16\n    hidden_size: 64\n",
+        "model:\n  model_type: test\n  connector:\n    num_query_tokens: 16\n    hidden_size: 64\n",
     )
-    config = load_config(run_yaml, ["model.perceiver.hidden_size=128"], require_paths=False)
-    perceiver = config.model.perceiver
-    assert perceiver.num_heads == 12  # dataclass default, untouched by any layer
-    assert perceiver.num_layers == 3  # model preset over the default
-    assert perceiver.num_query_tokens == 16  # run YAML over the preset
-    assert perceiver.hidden_size == 128  # --options over the run YAML
+    config = load_config(run_yaml, ["model.connector.hidden_size=128"], require_paths=False)
+    connector = config.model.connector
+    assert connector.num_heads == 12  # dataclass default, untouched by any layer
+    assert connector.num_layers == 3  # model preset over the default
+    assert connector.num_query_tokens == 16  # run YAML over the preset
+    assert connector.hidden_size == 128  # --options over the run YAML
 
 
 def test_options_accept_lavis_alternating_form(tmp_path, presets):
@@ -54,11 +57,11 @@ def test_options_accept_lavis_alternating_form(tmp_path, presets):
 
 
 def test_unknown_key_names_key_section_file_and_suggestion(tmp_path, presets):
-    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  perceiver:\n    num_query_tokn: 8\n")
+    run_yaml = write(tmp_path / "run.yaml", "model:\n  model_type: test\n  connector:\n    num_query_tokn: 8\n")
     with pytest.raises(ConfigError) as error:
         load_config(run_yaml, require_paths=False)
     assert str(error.value) == (
-        f"{run_yaml}: unknown key 'num_query_tokn' in section 'model.perceiver' (did you mean 'num_query_tokens'?)"
+        f"{run_yaml}: unknown key 'num_query_tokn' in section 'model.connector' (did you mean 'num_query_tokens'?)"
     )
 
 
@@ -145,14 +148,15 @@ def test_shipped_configs_exist():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_shipped_config_validates_and_names_resolve(path):
     config = load_config(path, require_paths=False)
-    references = registry_references(config)
-    assert len(references) >= 5
-    for _key, registry, name in references:
+    references = {key for key, _, _ in registry_references(config)}
+    assert {"model.arch", "model.connector.name", "model.llm.name"} <= references
+    assert {f"model.encoders.{key}.name" for key in config.model.encoders} <= references
+    for _key, registry, name in registry_references(config):
         registry.get(name)  # raises KeyError listing the known names
 
 
 def test_train_cli_reports_a_misspelt_key_in_one_line(tmp_path):
-    run_yaml = write(tmp_path / "bad.yaml", "model:\n  model_type: tiny\n  perceiver:\n    num_query_tokn: 8\n")
+    run_yaml = write(tmp_path / "bad.yaml", "model:\n  model_type: tiny\n  connector:\n    num_query_tokn: 8\n")
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--cfg-path", str(run_yaml)],
         capture_output=True,
@@ -162,7 +166,7 @@ def test_train_cli_reports_a_misspelt_key_in_one_line(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: {run_yaml}: unknown key 'num_query_tokn' in section 'model.perceiver' "
+        f"error: {run_yaml}: unknown key 'num_query_tokn' in section 'model.connector' "
         "(did you mean 'num_query_tokens'?)"
     ]
 
@@ -174,3 +178,71 @@ def test_lora_without_a_trainable_adapter_pattern_is_refused(tmp_path, presets):
     assert str(error.value) == (
         f"{run_yaml}: model.llm.lora.rank > 0 but no model.trainable pattern selects the adapters: add 'llm.*lora_*'"
     )
+
+
+# ----------------------------------------------------------------------------------------------- pluggable parts
+
+TINY_RUN = "model:\n  model_type: tiny\n"
+
+
+def test_encoder_sections_validate_against_the_encoders_own_schema(tmp_path):
+    run_yaml = write(tmp_path / "run.yaml", TINY_RUN + "  encoders:\n    vision:\n      wdth: 64\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert (
+        str(error.value) == f"{run_yaml}: unknown key 'wdth' in section 'model.encoders.vision' (did you mean 'width'?)"
+    )
+
+
+def test_unknown_encoder_name_lists_the_registered_ones(tmp_path):
+    run_yaml = write(tmp_path / "run.yaml", TINY_RUN + "  encoders:\n    vision:\n      name: eva_vit_h\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == (
+        f"{run_yaml}: model.encoders.vision.name: unknown encoder 'eva_vit_h'; known: ['beats', 'eva_vit_g']"
+    )
+
+
+def test_switching_a_connector_keeps_common_fields_and_takes_the_new_schema(tmp_path):
+    from chatbridge.models.connectors.linear import MLPConfig
+
+    run_yaml = write(tmp_path / "run.yaml", TINY_RUN + "  connector:\n    name: mlp\n    hidden_size: 48\n")
+    connector = load_config(run_yaml, require_paths=False).model.connector
+    assert connector == MLPConfig(name="mlp", hidden_size=48)
+
+
+def test_processors_take_what_their_encoder_needs_and_layer_per_dataset(tmp_path):
+    body = TINY_RUN + (
+        "processor:\n  num_frames: 6\ndatasets:\n  clips:\n    modalities: [video, audio]\n"
+        "    processor:\n      num_audio_segments: 3\n"
+    )
+    config = load_config(write(tmp_path / "run.yaml", body), require_paths=False)
+    processor = config.datasets["clips"].processor
+    assert (processor.video_processor, processor.image_size, processor.mean[0]) == ("video_frames", 32, 0.48145466)
+    assert (processor.audio_processor, processor.num_mel_bins, processor.fbank_std) == ("beats_fbank", 32, 6.55582)
+    assert processor.num_frames == 6  # top-level processor section
+    assert processor.num_audio_segments == 3  # the dataset's own section over it
+    assert processor.target_length == 128  # the tiny preset's top-level section
+    assert config.processor.num_audio_segments == 2  # the top level keeps its own value
+
+
+def test_a_processor_value_that_contradicts_its_encoder_is_refused(tmp_path):
+    body = TINY_RUN + "datasets:\n  pics:\n    processor:\n      image_size: 64\n"
+    run_yaml = write(tmp_path / "run.yaml", body)
+    with pytest.raises(ConfigError) as error:
+        load_config(run_yaml, require_paths=False)
+    assert str(error.value) == f"{run_yaml}: datasets.pics.processor.image_size = 64 but the image encoder needs 32"
+
+
+@pytest.mark.parametrize(
+    ("connector", "modality", "shape", "tokens"),
+    [
+        ("shared_qformer", "video", (4, 3, 32, 32), 4),  # the queries, whatever the frames
+        ("linear", "image", (3, 32, 32), 17),  # CLS + (32 / 8)^2 patches
+        ("linear", "video", (4, 3, 32, 32), 68),  # 4 frames of 17
+        ("linear", "audio", (2, 128, 32), 32),  # 2 segments of (128 / 16) * (32 / 16)
+    ],
+)
+def test_soft_tokens_come_from_the_config_alone(tmp_path, connector, modality, shape, tokens):
+    run_yaml = write(tmp_path / "run.yaml", TINY_RUN + f"  connector:\n    name: {connector}\n")
+    assert load_config(run_yaml, require_paths=False).model.soft_tokens(modality, shape) == tokens

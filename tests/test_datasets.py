@@ -1,34 +1,101 @@
-"""Dataset builders on the synthetic world: lengths, shapes, exact token ids and labels, VALOR opts, bad rows."""
+"""Dataset builders on the synthetic world: lengths, shapes, exact token ids and labels, VALOR opts, bad rows,
+and the shipped tiny configs' datasets built and pickled without a model."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import chatbridge.data.datasets  # noqa: F401  (registers the dataset builders)
-from chatbridge.config import DatasetConfig, FaithfulConfig, ProcessorConfig
-from chatbridge.data.batching import batch_samples
-from chatbridge.data.collate import IGNORE_INDEX, encode_conversation, encode_stage1
+from chatbridge.config import (
+    ConnectorConfig,
+    DatasetConfig,
+    EncoderConfig,
+    ModelConfig,
+    ProcessorConfig,
+    RouteConfig,
+    resolve_processor,
+)
+from chatbridge.config_loading import load_config
+from chatbridge.data.batch import IGNORE_INDEX
+from chatbridge.data.collate import collate
 from chatbridge.data.datasets.base import DataContext, SkipCounter
 from chatbridge.data.datasets.valor_opts import datasets_from_valor_opts
+from chatbridge.data.mixture import build_datasets
 from chatbridge.data.processors.audio import build_beats_fbank
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.data.processors.video import build_video_frames
-from chatbridge.data.synthetic import SCALES, ensure_world
 from chatbridge.data.templates import render_caption
+from chatbridge.data.tokenize import encode_conversation, encode_stage1
 from chatbridge.models.llm import load_tokenizer
-from chatbridge.models.tiny_llm import write_tiny_llama_folder
 from chatbridge.registry import DATASETS
+from chatbridge.synthetic.world import SCALES, ensure_world
 
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIGS = {
+    "stage1": REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml",
+    "stage2": REPO / "instructiontuning_configs" / "chatbridge_tiny_instructtuning.yaml",
+}
 QUERIES = {"image": 3, "video": 4, "audio": 5}
 """Slots per block; different per modality so that a block wired to the wrong modality shows."""
 IMAGE_SIZE = 16
 SHAPES = {"image": (3, IMAGE_SIZE, IMAGE_SIZE), "video": (4, 3, IMAGE_SIZE, IMAGE_SIZE), "audio": (1, 1024, 64)}
+CLIP = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+PREPROCESSING: dict[str, dict[str, Any]] = {
+    "image": {"image_processor": "clip_image", **CLIP},
+    "video": {"video_processor": "video_frames", **CLIP},
+    "audio": {
+        "audio_processor": "beats_fbank",
+        "sample_rate": 16000,
+        "num_mel_bins": 64,
+        "fbank_mean": 15.41663,
+        "fbank_std": 6.55582,
+    },
+}
+"""What the stub encoder dictates: EVA's and BEATs' processors and statistics, any image size."""
+
+
+@dataclass
+class StubEncoderConfig(EncoderConfig):
+    """An encoder config answering the data layer's questions (`QUERIES[modality]` tokens per item); no network."""
+
+    name: str = "stub"
+
+    def output_width(self) -> int:
+        return 8
+
+    def num_tokens(self, modality: str, item_shape: tuple[int, ...]) -> int:
+        return QUERIES[modality]
+
+    def preprocessing(self, modality: str) -> dict[str, Any]:
+        return PREPROCESSING[modality]
+
+
+@dataclass
+class StubConnectorConfig(ConnectorConfig):
+    """One soft token per encoder token of an item, whatever the number of items."""
+
+    name: str = "stub"
+
+    def output_tokens(self, num_items: int, tokens_per_item: int) -> int:
+        return tokens_per_item
+
+
+MODEL = ModelConfig(
+    encoders={"stub": StubEncoderConfig()},
+    routes={modality: RouteConfig(encoder="stub") for modality in QUERIES},
+    connector=StubConnectorConfig(),
+    max_txt_len=512,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +104,24 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return load_tokenizer(write_tiny_llama_folder(tmp_path_factory.mktemp("llm") / "tiny"))
+def tokenizer(tiny_llm_dir):
+    return load_tokenizer(tiny_llm_dir)
 
 
 @pytest.fixture(scope="module")
 def context(tokenizer):
-    return DataContext(tokenizer, lambda modality, n: QUERIES[modality], 512, FaithfulConfig(), seed=0)
+    return DataContext(tokenizer, MODEL)
+
+
+def resolved(processor: ProcessorConfig, modalities: list[str]) -> ProcessorConfig:
+    """`processor` with what the (stub) encoders dictate filled in, as `load_config` does for a YAML's datasets."""
+    return resolve_processor(MODEL, processor, modalities, "test")
 
 
 def small(cfg: DatasetConfig, **changes) -> DatasetConfig:
-    """`cfg` with 16-pixel media (fast) and any other field changes."""
-    return dataclasses.replace(cfg, processor=dataclasses.replace(cfg.processor, image_size=IMAGE_SIZE), **changes)
+    """`cfg` with 16-pixel media (fast), its processor resolved, and any other field changes."""
+    processor = resolved(dataclasses.replace(cfg.processor, image_size=IMAGE_SIZE), cfg.modalities)
+    return dataclasses.replace(cfg, processor=processor, **changes)
 
 
 def world_configs(world) -> dict[str, DatasetConfig]:
@@ -90,10 +163,10 @@ def test_every_world_dataset_loads(world, context):
         for index, train in ((0, True), (len(source) - 1, False)):
             sample = source.load(index, train, seeded(index))
             assert (sample.source, sample.index) == (name, index)
-            assert [modality for modality, _ in sample.media] == cfg.modalities
-            assert [tuple(tensor.shape) for _, tensor in sample.media] == [SHAPES[m] for m in cfg.modalities]
-            assert [length for _, length in sample.encoded.query_spans] == [QUERIES[m] for m in cfg.modalities]
-            for start, length in sample.encoded.query_spans:
+            assert [medium.modality for medium in sample.media] == cfg.modalities
+            assert [tuple(medium.tensor.shape) for medium in sample.media] == [SHAPES[m] for m in cfg.modalities]
+            assert [length for _, length in sample.encoded.media_spans] == [QUERIES[m] for m in cfg.modalities]
+            for start, length in sample.encoded.media_spans:
                 assert sample.encoded.input_ids[start : start + length] == [context.tokenizer.unk_token_id] * length
 
 
@@ -138,14 +211,14 @@ def test_stage2_conversation_supervises_every_answer_only(world, context, tokeni
     sample = build("av", world_configs(world)["synthetic_stage2_av_conv"], context).load(0, True, seeded())
     answers = [message["value"] for message in row["conversations"] if message["from"] == "gpt"]
     assert supervised_segments(tokenizer, sample.encoded.labels) == [f"{answer}###" for answer in answers]
-    assert [length for _, length in sample.encoded.query_spans] == [4, 5]
+    assert [length for _, length in sample.encoded.media_spans] == [4, 5]
 
 
 def test_video_with_background_audio_loads_both_files_of_one_id(world, context):
     cfg = world_configs(world)["synthetic_stage2_av_cap"]
     source = build("av", small(cfg, prompts=str(write_prompts(world.root / "annotations"))), context)
     video_id = source.media_id(1)
-    (_, video), (_, audio) = source.load(1, False, seeded()).media
+    video, audio = [medium.tensor for medium in source.load(1, False, seeded()).media]
     assert torch.equal(video, build_video_frames(cfg.processor)(world.root / "frames" / video_id, False))
     assert torch.equal(audio, build_beats_fbank(cfg.processor)(world.root / "audios" / f"{video_id}.wav", False))
 
@@ -372,6 +445,10 @@ def test_prompted_task_needs_its_template_key(world, context, tmp_path):
 # ----------------------------------------------------------------------------------------------- batching
 
 
+def batch_samples(samples, tokenizer, bos_mask_on_padded_rows: bool = False):
+    return collate(samples, tokenizer.pad_token_id, tokenizer.bos_token_id, bos_mask_on_padded_rows)
+
+
 def test_batch_positions_point_at_placeholders_in_media_order(world, context, tokenizer):
     configs = world_configs(world)
     sources = [
@@ -382,41 +459,49 @@ def test_batch_positions_point_at_placeholders_in_media_order(world, context, to
         sources[1].load(3, False, seeded()),
         sources[0].load(2, False, seeded()),
     ]
-    batch = batch_samples(samples, tokenizer, "left", bos_mask_on_padded_rows=False)
-    assert {m: tuple(p.shape) for m, p in batch.query_positions.items()} == {"video": (3, 4), "audio": (2, 5)}
+    batch = batch_samples(samples, tokenizer)
+    assert {m: tuple(p.shape) for m, p in batch.soft_token_positions.items()} == {"video": (3, 4), "audio": (2, 5)}
     flat = batch.input_ids.flatten()
-    positions = torch.cat([p.flatten() for p in batch.query_positions.values()])
+    positions = torch.cat([p.flatten() for p in batch.soft_token_positions.values()])
     assert (flat[positions] == tokenizer.unk_token_id).all()
     assert len(set(positions.tolist())) == int((flat == tokenizer.unk_token_id).sum()) == 3 * 4 + 2 * 5
-    videos = [tensor for sample in samples for modality, tensor in sample.media if modality == "video"]
+    videos = [medium.tensor for sample in samples for medium in sample.media if medium.modality == "video"]
     assert torch.equal(batch.media["video"], torch.stack(videos))
-    rows = (batch.query_positions["video"][:, 0] // batch.input_ids.shape[1]).tolist()
+    rows = (batch.soft_token_positions["video"][:, 0] // batch.input_ids.shape[1]).tolist()
     assert rows == [0, 1, 2]
-    assert torch.equal(batch.media["audio"][1], samples[2].media[1][1])
+    assert torch.equal(batch.media["audio"][1], samples[2].media[1].tensor)
 
 
 def test_batch_refuses_media_of_different_shapes(world, context, tokenizer):
     configs = world_configs(world)
     small_images = build("a", configs["synthetic_stage1_image"], context)
-    big = dataclasses.replace(configs["synthetic_stage1_image"], processor=ProcessorConfig(image_size=24))
+    big_processor = resolved(ProcessorConfig(image_size=24), ["image"])
+    big = dataclasses.replace(configs["synthetic_stage1_image"], processor=big_processor)
     big_images = build("b", big, context)
     samples = [small_images.load(0, False, seeded()), big_images.load(1, False, seeded())]
-    with pytest.raises(ValueError, match=r"image media of different shapes in one batch: \(3, 16, 16\) \(a\[0\]\)"):
-        batch_samples(samples, tokenizer, "right", bos_mask_on_padded_rows=False)
+    message = r"image media of different shapes in one batch: \(3, 16, 16\) vs \(3, 24, 24\) \(a\[0\] vs b\[1\]\)"
+    with pytest.raises(ValueError, match=message):
+        batch_samples(samples, tokenizer)
 
 
-def test_stage1_batch_is_right_padded(world, context, tokenizer):
+def test_stage1_batch_is_left_padded(world, context, tokenizer):
     source = build("images", world_configs(world)["synthetic_stage1_image"], context)
     samples = [source.load(index, False, seeded()) for index in range(3)]
-    batch = batch_samples(samples, tokenizer, "right", bos_mask_on_padded_rows=False)
+    batch = batch_samples(samples, tokenizer)
+    width = batch.input_ids.shape[1]
     assert (batch.input_ids[:, 0] == tokenizer.bos_token_id).all()
-    assert batch.query_positions["image"].tolist() == [
-        [row * batch.input_ids.shape[1] + 1 + q for q in range(3)] for row in range(3)
+    starts = [width - len(sample.encoded.input_ids) for sample in samples]  # [BOS][pad][content]
+    assert batch.soft_token_positions["image"].tolist() == [
+        [row * width + starts[row] + q for q in range(3)] for row in range(3)
     ]
+    for row, start in enumerate(starts):
+        assert batch.input_ids[row, 1:start].eq(tokenizer.pad_token_id).all()
+        assert batch.attention_mask[row].tolist() == [1] + [0] * (start - 1) + [1] * (width - start)
     expected = encode_stage1(
         render_caption(json.loads(world.path("stage1/image").read_text())[2]["caption"]), tokenizer, 3, 512
     )
-    assert batch.input_ids[2, 1 : 1 + len(expected.input_ids)].tolist() == expected.input_ids
+    assert batch.input_ids[2, starts[2] :].tolist() == expected.input_ids
+    assert batch.labels[2, starts[2] :].tolist() == expected.labels
 
 
 # ----------------------------------------------------------------------------------------------- skip counter
@@ -443,3 +528,46 @@ def test_skip_counter_report_and_health():
         "dataset laion: 19 of 20 samples unusable (missing: 12, undecodable: 7); check image_root / video_root / "
         "audio_root and the ids in the annotations, e.g. missing '/data/laion/a.jpg'; undecodable '/data/laion/b.jpg'"
     )
+
+
+# ----------------------------------------------------------------------------------------------- shipped tiny configs
+
+
+class ModelFreePickler(pickle.Pickler):
+    """A pickler that fails on any `torch.nn.Module`: what it pickles holds no model, not even part of one."""
+
+    def persistent_id(self, obj: Any) -> None:
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"a dataset holds a {type(obj).__name__} module")
+
+
+def model_free_pickle(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    ModelFreePickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("stage", sorted(TINY_CONFIGS))
+def test_tiny_config_datasets_build_without_a_model_and_pickle(world, tiny_llm_dir, stage):
+    config = load_config(
+        TINY_CONFIGS[stage], [f"synthetic.world={world.root}", f"model.llm.path={tiny_llm_dir}"], require_paths=True
+    )
+    sources = build_datasets(config, load_tokenizer(config.model.llm.path))
+    assert sorted(sources) == sorted(config.datasets)
+    for name, source in sources.items():
+        copy = pickle.loads(model_free_pickle(source))
+        assert (copy.name, len(copy)) == (name, len(source))
+        assert copy.bos_mask_on_padded_rows == source.bos_mask_on_padded_rows
+        for train in (True, False):
+            original = source.load(0, train, seeded(5))
+            again = copy.load(0, train, seeded(5))
+            assert (again.source, again.index) == (original.source, original.index) == (name, 0)
+            assert again.encoded == original.encoded, name
+            modalities = config.datasets[name].modalities
+            assert [m.modality for m in again.media] == [m.modality for m in original.media] == modalities
+            for medium, expected in zip(again.media, original.media, strict=True):
+                assert torch.equal(medium.tensor, expected.tensor), name
+            # the slots each medium gets come from the config alone
+            assert [length for _, length in original.encoded.media_spans] == [
+                config.model.soft_tokens(m.modality, tuple(m.tensor.shape)) for m in original.media
+            ]

@@ -1,4 +1,5 @@
-"""Audio front end: Kaldi fbank, BEATs normalization, the reference's padding/segment rule (spec 1.4)."""
+"""Audio front end: Kaldi fbank, BEATs normalization, the reference's padding/segment rule
+(docs/reference/chatbridge.md §1.4)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from chatbridge.data.processors.fbank import (
 )
 
 SEGMENT = 1024
+BEATS_MEAN, BEATS_STD = 15.41663, 6.55582
+"""BEATs' AudioSet fbank statistics (no default any more: the encoder's config supplies them)."""
 
 
 def _tone(seconds: float, sample_rate: int = 16000, channels: int = 1) -> torch.Tensor:
@@ -52,7 +55,7 @@ def test_fbank_uses_int16_scale_and_channel_zero():
 def test_normalization_against_hand_computed_values():
     fbank = torch.tensor([[15.41663, 15.41663 + 13.11164, 0.0, 2.30499]])
     expected = torch.tensor([[0.0, 1.0, -15.41663 / 13.11164, -1.0]])
-    torch.testing.assert_close(normalize_fbank(fbank), expected)
+    torch.testing.assert_close(normalize_fbank(fbank, BEATS_MEAN, BEATS_STD), expected)
     torch.testing.assert_close(normalize_fbank(torch.tensor([3.0]), mean=1.0, std=0.5), torch.tensor([2.0]))
 
 
@@ -84,23 +87,23 @@ def test_pad_length_rule(frames, segments, faithful, expected):
 
 def test_short_clip_is_zero_padded_after_normalization():
     fbank = _labelled_fbank(500)
-    (segment,) = segment_fbank(fbank, 1, SEGMENT, "middle")
+    (segment,) = segment_fbank(fbank, 1, SEGMENT, "middle", None, True)
     assert segment.shape == (SEGMENT, 4)
     torch.testing.assert_close(segment[:500], fbank)
     assert segment[500:].eq(0).all()
 
 
 def test_short_clip_two_segments_are_the_clip_and_zeros():
-    segments = segment_fbank(_labelled_fbank(500), 2, SEGMENT, "middle")
+    segments = segment_fbank(_labelled_fbank(500), 2, SEGMENT, "middle", None, True)
     assert segments.shape == (2, SEGMENT, 4)
     assert segments[0, 0, 0] == 1 and segments[1].eq(0).all()
 
 
 def test_clip_of_1500_frames_has_two_slices_middle_takes_the_first():
     fbank = _labelled_fbank(1500)
-    torch.testing.assert_close(segment_fbank(fbank, 1, SEGMENT, "middle")[0], fbank[:SEGMENT])
+    torch.testing.assert_close(segment_fbank(fbank, 1, SEGMENT, "middle", None, True)[0], fbank[:SEGMENT])
     picked = {
-        int(segment_fbank(fbank, 1, SEGMENT, "random", torch.Generator().manual_seed(seed))[0, 0, 0])
+        int(segment_fbank(fbank, 1, SEGMENT, "random", torch.Generator().manual_seed(seed), True)[0, 0, 0])
         for seed in range(20)
     }
     assert picked == {1, SEGMENT + 1}  # first row of slice 0 or of slice 1
@@ -108,11 +111,11 @@ def test_clip_of_1500_frames_has_two_slices_middle_takes_the_first():
 
 def test_exact_multiple_gets_extra_zero_segment_only_when_faithful():
     fbank = _labelled_fbank(2 * SEGMENT)
-    faithful = segment_fbank(fbank, 3, SEGMENT, "middle", extra_segment_on_exact_multiple=True)
+    faithful = segment_fbank(fbank, 3, SEGMENT, "middle", None, extra_segment_on_exact_multiple=True)
     assert faithful.shape == (3, SEGMENT, 4) and faithful[2].eq(0).all()
     # n = 1: the faithful rule has 3 slices (middle = slice 1), the fixed rule 2 (middle = slice 0).
-    torch.testing.assert_close(segment_fbank(fbank, 1, SEGMENT, "middle")[0], fbank[SEGMENT:])
-    fixed = segment_fbank(fbank, 1, SEGMENT, "middle", extra_segment_on_exact_multiple=False)
+    torch.testing.assert_close(segment_fbank(fbank, 1, SEGMENT, "middle", None, True)[0], fbank[SEGMENT:])
+    fixed = segment_fbank(fbank, 1, SEGMENT, "middle", None, extra_segment_on_exact_multiple=False)
     torch.testing.assert_close(fixed[0], fbank[:SEGMENT])
     zero_picks = {
         flag: any(
@@ -141,7 +144,7 @@ def test_middle_choice_hand_computed():
 
 def test_middle_mode_end_to_end_for_two_segments():
     fbank = _labelled_fbank(5 * SEGMENT - 10)  # 5 slices after padding: groups [0, 1, 2], [3, 4]
-    segments = segment_fbank(fbank, 2, SEGMENT, "middle")
+    segments = segment_fbank(fbank, 2, SEGMENT, "middle", None, True)
     torch.testing.assert_close(segments[0], fbank[SEGMENT : 2 * SEGMENT])
     torch.testing.assert_close(segments[1], fbank[3 * SEGMENT : 4 * SEGMENT])
 
@@ -158,6 +161,6 @@ def test_random_choice_is_seeded_and_stays_in_its_group():
 
 def test_random_mode_requires_a_generator_and_mode_is_checked():
     with pytest.raises(ValueError, match="torch.Generator"):
-        segment_fbank(_labelled_fbank(10), 1, SEGMENT, "random")
+        segment_fbank(_labelled_fbank(10), 1, SEGMENT, "random", None, True)
     with pytest.raises(ValueError, match="unknown segment mode 'first'"):
         choose_from_groups([[0]], "first", None)  # type: ignore[arg-type]

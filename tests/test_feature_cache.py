@@ -10,10 +10,12 @@ import torch
 
 from chatbridge.config_loading import load_config
 from chatbridge.data.feature_cache import FeatureCache, StaleCacheError, preprocessing_fingerprint
-from chatbridge.data.mixture import build_train_mixture
-from chatbridge.data.synthetic import SCALES, ensure_world
+from chatbridge.data.mixture import build_datasets, build_train_mixture, dataset_configs
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.models.setup import build_model_for_training
+from chatbridge.synthetic.tiny_llm import write_tiny_llama_folder
+from chatbridge.synthetic.world import SCALES, ensure_world
+from chatbridge.training.feature_cache import attach_feature_caches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,11 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 def setting(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     ensure_world(root / "world", seed=0, sizes=SCALES["tiny"])
+    write_tiny_llama_folder(root / "llm")
     options = [
-        f"synthetic_world={root / 'world'}",
+        f"synthetic.world={root / 'world'}",
         f"model.llm.path={root / 'llm'}",
-        "model.llm.corpus=null",
-        "model.llm.pretrain_steps=0",
         "datasets.video_captions.processor.frame_sampling=segment_middle",
         "datasets.image_captions.batch_size=4",
         "datasets.video_captions.batch_size=4",
@@ -38,18 +39,23 @@ def setting(tmp_path_factory):
     return config, model, load_tokenizer(config.model.llm.path)
 
 
-def first_batches(config, model, tokenizer, count: int = 6):
-    mixture = build_train_mixture(config, tokenizer, model, rank=0, world_size=1)
-    return mixture, [next(mixture) for _ in range(count)]
+def first_batches(config, model, tokenizer, count: int = 6, fill: bool = True):
+    """The first batches, with the datasets reading the feature cache if the config names one."""
+    sources = build_datasets(config, tokenizer)
+    cached = {}
+    if config.run.feature_cache:
+        cached = attach_feature_caches(sources, dataset_configs(config), model, Path(config.run.feature_cache), fill)
+    mixture = build_train_mixture(config, sources, tokenizer, rank=0, world_size=1)
+    return cached, [next(mixture) for _ in range(count)]
 
 
 def test_cached_features_give_the_losses_of_encoding_on_the_fly(setting):
     config, model, tokenizer = setting
-    cached_mixture, cached = first_batches(config, model, tokenizer)
-    assert {name: m.feature_modalities for name, m in cached_mixture.members.items()} == {
-        "image_captions": ("image",),
-        "video_captions": ("video",),
-        "audio_captions": (),  # random training segments: never cached
+    cached_modalities, cached = first_batches(config, model, tokenizer)
+    assert cached_modalities == {
+        "image_captions": ["image"],
+        "video_captions": ["video"],
+        "audio_captions": [],  # random training segments: never cached
     }
     plain_config = dataclasses.replace(config, run=dataclasses.replace(config.run, feature_cache=None))
     _, plain = first_batches(plain_config, model, tokenizer)
@@ -64,8 +70,8 @@ def test_other_tower_weights_never_read_the_cache(setting):
     config, model, tokenizer = setting
     first_batches(config, model, tokenizer, count=1)  # make sure the cache is filled for `model`
     other = build_model_for_training(dataclasses.replace(config.model, init_seed=1))
-    mixture = build_train_mixture(config, tokenizer, other, rank=0, world_size=1, fill_cache=False)
-    assert all(member.feature_modalities == () for member in mixture.members.values())
+    cached_modalities, _ = first_batches(config, other, tokenizer, count=1, fill=False)
+    assert cached_modalities == {"image_captions": [], "video_captions": [], "audio_captions": []}
 
 
 def test_an_entry_written_under_another_key_is_refused(tmp_path):

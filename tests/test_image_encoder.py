@@ -1,4 +1,4 @@
-"""EVA-ViT-g on timm: shapes, parameter count, key mapping, checkpoint loading and equality with LAVIS's maths."""
+"""EVA-ViT-g on timm: shapes, parameter count, key layout, checkpoint loading and equality with LAVIS's maths."""
 
 from __future__ import annotations
 
@@ -10,21 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatbridge.config import VisionEncoderConfig
-from chatbridge.models.encoders.image import (
-    ImageEncoder,
+import chatbridge.data.processors  # noqa: F401  (registers the processors)
+from chatbridge.models.encoders.base import Encoder
+from chatbridge.models.encoders.eva import (
+    CLIP_MEAN,
+    CLIP_STD,
+    EvaViT,
+    EvaViTConfig,
     build_eva_vit_g,
-    lavis_eva_to_timm,
     load_eva_checkpoint,
-    timm_eva_to_lavis,
 )
-from chatbridge.registry import ENCODERS
+from chatbridge.registry import ENCODERS, PROCESSORS
 from tests.fixtures.eva import write_tiny_eva_checkpoint
 
-TINY = VisionEncoderConfig(image_size=28, patch_size=14, width=32, depth=2, num_heads=4)
+TINY = EvaViTConfig(image_size=28, patch_size=14, width=32, depth=2, num_heads=4)
 
 
-def tiny_encoder(image_size: int = 28) -> ImageEncoder:
+def tiny_encoder(image_size: int = 28) -> EvaViT:
     return build_eva_vit_g(replace(TINY, image_size=image_size)).eval()
 
 
@@ -55,13 +57,16 @@ def lavis_reference_forward(sd: dict[str, Tensor], pixels: Tensor, num_heads: in
 
 def test_registered() -> None:
     assert ENCODERS.get("eva_vit_g") is build_eva_vit_g
+    assert isinstance(tiny_encoder(), Encoder)
 
 
 def test_full_size_on_meta_has_lavis_shape_and_parameter_count() -> None:
+    cfg = EvaViTConfig()
     with torch.device("meta"):
-        encoder = build_eva_vit_g(VisionEncoderConfig())
+        encoder = build_eva_vit_g(cfg)
         features = encoder(torch.empty(2, 3, 224, 224))
-    assert (encoder.width, encoder.num_tokens) == (1408, 257)
+    assert (encoder.width, cfg.output_width(), cfg.num_tokens("image", (3, 224, 224))) == (1408, 1408, 257)
+    assert cfg.num_tokens("video", (3, 224, 224)) == 257  # a frame is encoded like an image
     assert features.shape == (2, 257, 1408)
     # Spec 1.14; timm's zero k bias is a (non-persistent) buffer, not a parameter, and no final norm exists.
     assert sum(p.numel() for p in encoder.backbone.parameters()) == 985_894_528
@@ -75,21 +80,39 @@ def test_full_size_on_meta_has_lavis_shape_and_parameter_count() -> None:
 
 def test_tiny_forward_shape() -> None:
     features = tiny_encoder()(torch.randn(3, 3, 28, 28))
-    assert features.shape == (3, 5, 32) and torch.isfinite(features).all()
+    assert features.shape == (3, TINY.num_tokens("image", (3, 28, 28)), 32) == (3, 5, 32)
+    assert torch.isfinite(features).all()
 
 
-def test_key_mapping_round_trip(checkpoint: tuple[Path, dict[str, Tensor]]) -> None:
+def test_preprocessing_is_the_built_resolution_and_clip_statistics() -> None:
+    assert TINY.preprocessing("image") == {
+        "image_processor": "clip_image",
+        "image_size": 28,
+        "mean": CLIP_MEAN,
+        "std": CLIP_STD,
+    }
+    assert TINY.preprocessing("video") == {
+        "video_processor": "video_frames",
+        "image_size": 28,
+        "mean": CLIP_MEAN,
+        "std": CLIP_STD,
+    }
+    with pytest.raises(ValueError, match="'audio'"):
+        TINY.preprocessing("audio")
+    assert {"clip_image", "video_frames"} <= set(PROCESSORS.names())
+
+
+def test_lavis_names_are_timm_names_and_save_load_round_trips(checkpoint: tuple[Path, dict[str, Tensor]]) -> None:
+    """The LAVIS file's keys (minus the dropped last block) are exactly the timm backbone's: no renaming exists."""
     path, lavis = checkpoint
     lavis = {k: v for k, v in lavis.items() if not k.startswith(f"blocks.{TINY.depth}.")}
-    timm_sd = lavis_eva_to_timm(lavis)
     encoder = tiny_encoder()
-    assert set(timm_sd) == set(encoder.backbone.state_dict())
-    back = timm_eva_to_lavis(timm_sd)
-    assert set(back) == set(lavis) and all(torch.equal(back[k], lavis[k]) for k in lavis)
+    assert set(lavis) == set(encoder.backbone.state_dict())
 
-    load_eva_checkpoint(encoder, path)
+    encoder.load_checkpoint(path)
+    assert all(torch.equal(encoder.backbone.state_dict()[k], lavis[k]) for k in lavis)
     reloaded = tiny_encoder()
-    torch.save(timm_eva_to_lavis(encoder.backbone.state_dict()), path)
+    torch.save(encoder.backbone.state_dict(), path)
     load_eva_checkpoint(reloaded, path)
     pixels = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(reloaded(pixels), encoder(pixels), rtol=0, atol=0)

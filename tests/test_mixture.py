@@ -1,12 +1,22 @@
-"""The weighted mixture: proportions, rank split, determinism and exact resumption."""
+"""The weighted mixture: proportions, rank split, determinism, exact resumption, and worker-count independence."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 
-from chatbridge.data.mixture import BatchPlan, MixtureMember
+from chatbridge.config_loading import load_config
+from chatbridge.data.batch import ChatBridgeBatch
+from chatbridge.data.mixture import BatchPlan, MixtureMember, build_datasets, build_train_mixture
+from chatbridge.models.llm import load_tokenizer
+from chatbridge.synthetic.world import SCALES, ensure_world
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_STAGE2 = REPO / "instructiontuning_configs" / "chatbridge_tiny_instructtuning.yaml"
 
 
 class CountingSource:
@@ -22,8 +32,7 @@ class CountingSource:
 def members(**spec: tuple[float, int, int]) -> dict[str, MixtureMember]:
     """name=(weight, batch size, dataset size)."""
     return {
-        name: MixtureMember(CountingSource(name, size), weight, batch, "right")
-        for name, (weight, batch, size) in spec.items()
+        name: MixtureMember(CountingSource(name, size), weight, batch) for name, (weight, batch, size) in spec.items()
     }
 
 
@@ -76,3 +85,50 @@ def test_resuming_from_a_saved_position_gives_the_same_next_batches():
 def test_a_dataset_smaller_than_one_global_batch_is_refused():
     with pytest.raises(ValueError, match="dataset a: 3 samples, fewer than one global batch"):
         BatchPlan(members(a=(1.0, 2, 3)), seed=0, rank=0, world_size=2)
+
+
+# ----------------------------------------------------------------------------------------------- data-loader workers
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return ensure_world(tmp_path_factory.mktemp("world"), seed=0, sizes=SCALES["tiny"])
+
+
+def first_batches(world, llm_dir: Path, num_workers: int) -> list[tuple[str, ChatBridgeBatch]]:
+    """The first `STEPS` batches of the tiny stage-2 mixture, loaded by `num_workers` spawned workers."""
+    options = [f"synthetic.world={world.root}", f"model.llm.path={llm_dir}", f"run.num_workers={num_workers}"]
+    config = load_config(TINY_STAGE2, options)
+    assert config.run.num_workers == num_workers
+    tokenizer = load_tokenizer(config.model.llm.path)
+    sources = build_datasets(config, tokenizer)
+    mixture = build_train_mixture(config, sources, tokenizer, rank=0, world_size=1, start_method="spawn")
+    assert (mixture.num_workers, mixture.start_method) == (num_workers, "spawn")
+    before = set(multiprocessing.active_children())
+    batches = [next(mixture)]
+    spawned = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith("Spawn")]
+    assert len(spawned) == num_workers  # the loading really happens in that many spawned processes
+    batches += [next(mixture) for _ in range(STEPS - 1)]
+    return batches
+
+
+def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], what: str) -> None:
+    assert sorted(first) == sorted(second), what
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"{what}[{key}]"
+
+
+def test_spawned_workers_yield_exactly_the_single_process_batches(world, tiny_llm_dir):
+    serial = first_batches(world, tiny_llm_dir, num_workers=0)
+    parallel = first_batches(world, tiny_llm_dir, num_workers=2)
+    assert [name for name, _ in parallel] == [name for name, _ in serial]
+    assert len({name for name, _ in serial}) > 1  # the steps really mix datasets
+    for step, ((name, expected), (_, batch)) in enumerate(zip(serial, parallel, strict=True)):
+        where = f"step {step} ({name})"
+        for field in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(getattr(batch, field), getattr(expected, field)), f"{where}: {field}"
+        assert_same_tensors(batch.media, expected.media, f"{where}: media")
+        assert_same_tensors(batch.features, expected.features, f"{where}: features")
+        assert_same_tensors(batch.soft_token_positions, expected.soft_token_positions, f"{where}: positions")

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from chatbridge.config import ModelConfig
-from chatbridge.models.chatbridge import IGNORE_INDEX, ChatBridgeBatch, ChatBridgeModel, assemble_chatbridge
+from chatbridge.config_loading import load_config
+from chatbridge.data.batch import IGNORE_INDEX, ChatBridgeBatch
+from chatbridge.models.chatbridge import ChatBridgeModel, assemble_chatbridge, build_chatbridge
 from chatbridge.models.freezing import count_parameters, set_trainable
 from chatbridge.models.llm import build_causal_lm_on_meta
 from chatbridge.models.loading import (
@@ -17,6 +19,7 @@ from chatbridge.models.loading import (
     released_to_chatbridge,
     save_chatbridge_checkpoint,
 )
+from tests.conftest import REPO
 from tests.fixtures.released import released_state_dict, write_released_checkpoint
 
 TINY_MEDIA = {  # shapes for the tiny preset: 32 px images, 32 mel bins, 64-frame audio segments
@@ -43,7 +46,7 @@ def make_batch(model: ChatBridgeModel, samples: list[list], padding_side: str = 
 
     Independent of the data pipeline on purpose: the model is tested against this plain construction.
     """
-    queries = model.perceiver.num_query_tokens
+    queries = model.connector.query_tokens["image"].shape[1]
     rows, media, slots = [], {}, {}
     for sample in samples:
         ids, labels, blocks = [1], [IGNORE_INDEX], []
@@ -75,7 +78,7 @@ def make_batch(model: ChatBridgeModel, samples: list[list], padding_side: str = 
         attention_mask=mask,
         labels=labels,
         media={name: torch.stack(tensors) for name, tensors in media.items()},
-        query_positions={name: torch.stack(rows) for name, rows in slots.items()},
+        soft_token_positions={name: torch.stack(rows) for name, rows in slots.items()},
     )
 
 
@@ -95,7 +98,7 @@ def sample_with(modalities: list[str], seed: int, answer_length: int = 3) -> lis
 def test_encode_gives_query_tokens_in_llm_width(tiny_model, modality, leading):
     generator = torch.Generator().manual_seed(0)
     media = torch.stack([random_media(modality, generator) for _ in range(leading[0])])
-    soft = tiny_model.encode(modality, media)
+    soft = tiny_model.encode_media(modality, media)
     assert soft.shape == (2, 4, tiny_model.llm.config.hidden_size)
     assert torch.isfinite(soft).all()
 
@@ -122,33 +125,36 @@ def test_mixed_batch_with_different_modalities_per_sample(tiny_model):
 
 def test_soft_tokens_land_exactly_at_the_placeholders(tiny_model):
     batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["audio"], 1)], "left")
-    embeds = tiny_model.embed(batch).flatten(0, 1)
+    soft_tokens = tiny_model.batch_soft_tokens(batch)
+    embeds = tiny_model.embed(batch.input_ids, soft_tokens, batch.soft_token_positions).flatten(0, 1)
     text = tiny_model.llm.get_input_embeddings()(batch.input_ids).flatten(0, 1)
-    for modality, positions in batch.query_positions.items():
-        soft = tiny_model.encode(modality, batch.media[modality])
+    for modality, positions in batch.soft_token_positions.items():
+        soft = tiny_model.encode_media(modality, batch.media[modality])
         torch.testing.assert_close(embeds[positions.flatten()], soft.flatten(0, 1), rtol=0, atol=0)
     untouched = torch.ones(len(text), dtype=torch.bool)
-    untouched[torch.cat([p.flatten() for p in batch.query_positions.values()])] = False
+    untouched[torch.cat([p.flatten() for p in batch.soft_token_positions.values()])] = False
     torch.testing.assert_close(embeds[untouched], text[untouched], rtol=0, atol=0)
 
 
 def test_exactly_the_trainable_parameters_get_gradients(tiny_model, tiny_config):
     trainable = {name for name, p in tiny_model.named_parameters() if p.requires_grad}
-    assert {name.split(".")[0] for name in trainable} == {"perceiver", "audio_adapter", "llm_proj"}
+    assert {name.split(".")[0] for name in trainable} == {"connector", "adapters", "llm_proj"}
     batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["image"], 1)])
     tiny_model.train()
     tiny_model(batch).loss.backward()
     with_grad = {name for name, p in tiny_model.named_parameters() if p.grad is not None}
     assert with_grad == trainable
-    assert all(tiny_model.get_submodule(name).training is False for name in ("image_encoder", "audio_encoder", "llm"))
-    assert tiny_model.perceiver.training
+    assert all(
+        tiny_model.get_submodule(name).training is False for name in ("encoders.vision", "encoders.audio", "llm")
+    )
+    assert tiny_model.connector.training
 
 
 def test_image_only_step_leaves_audio_parameters_without_gradient(tiny_model):
     tiny_model(make_batch(tiny_model, [sample_with(["image"], 0)])).loss.backward()
-    assert tiny_model.perceiver.query_tokens["audio"].grad is None
-    assert tiny_model.audio_adapter.weight.grad is None
-    assert tiny_model.perceiver.query_tokens["image"].grad is not None
+    assert tiny_model.connector.query_tokens["audio"].grad is None
+    assert tiny_model.adapters["audio"].weight.grad is None
+    assert tiny_model.connector.query_tokens["image"].grad is not None
 
 
 def test_inference_config_trains_nothing(tiny_model):
@@ -177,17 +183,31 @@ def test_batched_loss_equals_sample_by_sample(tiny_model, padding_side):
     count = sum(output.num_supervised_tokens for output in alone)
     assert batched.num_supervised_tokens == count == 12
     torch.testing.assert_close(batched.loss, total / count, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batched.per_sample_loss, torch.stack([o.loss for o in alone]), rtol=0, atol=1e-6)
 
 
 def test_batch_without_supervised_tokens_has_zero_loss_not_nan(tiny_model):
     sample = sample_with(["image"], 0)[:-1]  # drop the answer
     output = tiny_model(make_batch(tiny_model, [sample]))
     assert output.num_supervised_tokens == 0 and output.loss.item() == 0.0
+    assert output.per_sample_loss.tolist() == [0.0]
+
+
+def test_per_sample_loss_is_the_mean_token_loss_of_each_row(tiny_model):
+    """Hand-computed from the returned logits: row 0 owns the first 2 supervised tokens, row 1 the next 5."""
+    tiny_model.eval()
+    batch = make_batch(tiny_model, [sample_with(["image"], 0, answer_length=2), sample_with(["audio"], 1, 5)])
+    with torch.no_grad():
+        output = tiny_model(batch)
+    targets = batch.labels[:, 1:][batch.labels[:, 1:] != IGNORE_INDEX]
+    token_losses = torch.nn.functional.cross_entropy(output.logits, targets, reduction="none")
+    expected = torch.stack([token_losses[:2].mean(), token_losses[2:].mean()])
+    torch.testing.assert_close(output.per_sample_loss, expected, rtol=0, atol=1e-6)
 
 
 def full_size_model() -> ChatBridgeModel:
     """The real architecture (EVA-g, BEATs base, 12-layer Q-Former, LLaMA-13B shapes) on the meta device."""
-    config = ModelConfig()
+    config = load_config(REPO / "train_configs" / "chatbridge_pretrain.yaml", require_paths=False).model
     with torch.device("meta"):
         model = assemble_chatbridge(config, build_causal_lm_on_meta(LLAMA_13B))
     set_trainable(model, config.trainable)
@@ -196,11 +216,11 @@ def full_size_model() -> ChatBridgeModel:
 
 def test_full_size_model_has_the_reference_trainable_parameter_count():
     trainable, frozen = count_parameters(full_size_model())
-    assert trainable == 110_206_848  # spec 1.14
+    assert trainable == 110_206_848  # docs/reference/chatbridge.md §1.14
     assert frozen > 13_000_000_000
 
 
-# (key, shape) pairs read off the spec's key tables (3.1-3.5): the released layout, independent of our mapping.
+# (key, shape) pairs read off the reference's key tables (§3.1-3.5): the released layout, independent of our mapping.
 SPEC_KEYS = {
     "visual_encoder.pos_embed": (1, 257, 1408),
     "visual_encoder.patch_embed.proj.weight": (1408, 3, 14, 14),
@@ -240,8 +260,8 @@ def test_full_size_released_layout_loads_with_nothing_missing_or_unexpected():
     assert "Qformer.bert.encoder.layer.1.crossattention.self.key.weight" not in released  # cross-attn every 2nd
     ours = released_to_chatbridge(released)  # raises on any unexpected key
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    loaded_but_frozen = {"image_encoder.ln_vision.weight", "image_encoder.ln_vision.bias"}
-    loaded_but_frozen |= {"audio_encoder.ln_audio.weight", "audio_encoder.ln_audio.bias"}
+    loaded_but_frozen = {"encoders.vision.ln_vision.weight", "encoders.vision.ln_vision.bias"}
+    loaded_but_frozen |= {"encoders.audio.ln_audio.weight", "encoders.audio.ln_audio.bias"}
     assert set(ours) == trainable | loaded_but_frozen
     own = model.state_dict()
     assert all(ours[key].shape == own[key].shape for key in ours)
@@ -255,8 +275,6 @@ def outputs_of(model: ChatBridgeModel) -> torch.Tensor:
 
 
 def fresh_model(config: ModelConfig, seed: int) -> ChatBridgeModel:
-    from chatbridge.models.chatbridge import build_chatbridge
-
     model = build_chatbridge(dataclasses.replace(config, init_seed=seed))
     set_trainable(model, config.trainable)
     return model
@@ -265,8 +283,8 @@ def fresh_model(config: ModelConfig, seed: int) -> ChatBridgeModel:
 @pytest.mark.parametrize("module_prefix", [False, True], ids=["plain", "ddp-prefix"])
 def test_released_checkpoint_round_trip(tiny_model, tiny_config, tmp_path, module_prefix):
     with torch.no_grad():  # give ln_audio, ln_vision non-default values so that loading them is visible
-        tiny_model.audio_encoder.ln_audio.weight.uniform_(0.5, 1.5)
-        tiny_model.image_encoder.ln_vision.bias.uniform_(-0.1, 0.1)
+        tiny_model.encoders["audio"].ln_audio.weight.uniform_(0.5, 1.5)
+        tiny_model.encoders["vision"].ln_vision.bias.uniform_(-0.1, 0.1)
     path = tmp_path / "chatbridge_released.pth"
     write_released_checkpoint(tiny_model, path, module_prefix=module_prefix)
     other = fresh_model(tiny_config, seed=1)
@@ -274,7 +292,7 @@ def test_released_checkpoint_round_trip(tiny_model, tiny_config, tmp_path, modul
         {
             k: v
             for k, v in tiny_model.state_dict().items()
-            if k.startswith(("image_encoder.backbone", "audio_encoder.backbone"))
+            if k.startswith(("encoders.vision.backbone", "encoders.audio.backbone"))
         },
         strict=False,
     )  # towers come from their own files
@@ -325,11 +343,11 @@ def test_released_checkpoint_without_projection_fails_loudly(tiny_model):
 def test_temporal_embeddings_in_checkpoint_need_the_option(tiny_model, tiny_config, tmp_path):
     from chatbridge.models.loading import assign_tensors
 
-    extra = {"perceiver.temporal_embeddings.image": torch.zeros(1, 4, 1, 32)}
-    with pytest.raises(ValueError, match="built without model.perceiver.temporal_embeddings"):
+    extra = {"connector.temporal_embeddings.image": torch.zeros(1, 4, 1, 32)}
+    with pytest.raises(ValueError, match="built without model.connector.temporal_embeddings"):
         assign_tensors(tiny_model, extra, "x.pth")
     config = dataclasses.replace(
-        tiny_config, perceiver=dataclasses.replace(tiny_config.perceiver, temporal_embeddings=True)
+        tiny_config, connector=dataclasses.replace(tiny_config.connector, temporal_embeddings=True)
     )
     assign_tensors(fresh_model(config, seed=0), extra, "x.pth")
 
@@ -347,7 +365,7 @@ def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model)
 
     tiny_model.train()
     plain_loss, plain_grads = loss_and_grads()
-    assert enable_activation_checkpointing(tiny_model) == ["llm", "perceiver.qformer"]
+    assert enable_activation_checkpointing(tiny_model) == ["connector.qformer", "llm"]
     assert tiny_model.llm.is_activation_checkpointing
     loss, grads = loss_and_grads()
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
@@ -359,31 +377,37 @@ def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model)
 def test_every_part_loads_from_its_official_file_format(tiny_config, tmp_path):
     """EVA `.pth`, BEATs `{cfg, model}` `.pt`, BLIP-2 `.pth` (written tiny, in the real layouts) through the real
     loaders, then checked tensor by tensor inside the assembled model."""
-    from chatbridge.models.encoders.audio import old_to_new_weight_norm_keys
+    from chatbridge.models.encoders.beats import old_to_new_weight_norm_keys
     from chatbridge.models.setup import build_model_for_training
     from tests.fixtures.beats import write_tiny_beats_checkpoint
     from tests.fixtures.blip2 import write_tiny_blip2_checkpoint
     from tests.fixtures.eva import write_tiny_eva_checkpoint
 
     eva = write_tiny_eva_checkpoint(tmp_path / "eva_vit_g.pth", image_size=32, patch_size=8, width=32, depth=2)
-    beats = write_tiny_beats_checkpoint(tmp_path / "BEATs.pt")
+    audio_cfg = tiny_config.encoders["audio"]
+    beats = write_tiny_beats_checkpoint(
+        tmp_path / "BEATs.pt", encoder_embed_dim=audio_cfg.width, encoder_ffn_embed_dim=audio_cfg.ffn_dim
+    )
     blip2 = write_tiny_blip2_checkpoint(tmp_path / "blip2.pth")
+    encoders = {
+        "vision": dataclasses.replace(tiny_config.encoders["vision"], checkpoint=str(tmp_path / "eva_vit_g.pth")),
+        "audio": dataclasses.replace(audio_cfg, checkpoint=str(tmp_path / "BEATs.pt")),
+    }
     config = dataclasses.replace(
         tiny_config,
-        vision=dataclasses.replace(tiny_config.vision, checkpoint=str(tmp_path / "eva_vit_g.pth")),
-        audio=dataclasses.replace(tiny_config.audio, checkpoint=str(tmp_path / "BEATs.pt")),
-        perceiver=dataclasses.replace(tiny_config.perceiver, blip2_checkpoint=str(tmp_path / "blip2.pth")),
+        encoders=encoders,
+        connector=dataclasses.replace(tiny_config.connector, blip2_checkpoint=str(tmp_path / "blip2.pth")),
     )
     model = build_model_for_training(config)
     state = model.state_dict()
-    assert torch.equal(state["image_encoder.backbone.blocks.1.attn.qkv.weight"], eva["blocks.1.attn.qkv.weight"])
+    assert torch.equal(state["encoders.vision.backbone.blocks.1.attn.qkv.weight"], eva["blocks.1.attn.qkv.weight"])
     beats_new = old_to_new_weight_norm_keys(beats["model"])
     key = "encoder.pos_conv.0.parametrizations.weight.original1"
-    assert torch.equal(state[f"audio_encoder.backbone.{key}"], beats_new[key])
-    assert torch.equal(state["perceiver.query_tokens.image"], blip2["query_tokens"])
-    assert torch.equal(state["image_encoder.ln_vision.weight"], blip2["ln_vision.weight"])
+    assert torch.equal(state[f"encoders.audio.backbone.{key}"], beats_new[key])
+    assert torch.equal(state["connector.query_tokens.image"], blip2["query_tokens"])
+    assert torch.equal(state["encoders.vision.ln_vision.weight"], blip2["ln_vision.weight"])
     assert torch.equal(
-        state["perceiver.qformer.encoder.layer.0.crossattention.attention.key.weight"],
+        state["connector.qformer.encoder.layer.0.crossattention.attention.key.weight"],
         blip2["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"],
     )
 
@@ -411,3 +435,25 @@ def test_conversion_command_writes_a_loadable_folder(tiny_model, tiny_config, tm
     other.load_state_dict({k: v for k, v in tiny_model.state_dict().items() if ".backbone." in k}, strict=False)
     load_chatbridge_checkpoint(other, tmp_path / "converted")
     torch.testing.assert_close(outputs_of(other), outputs_of(tiny_model), rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_format_1_is_converted_and_a_newer_format_refused(tiny_model, tiny_config, tmp_path):
+    """Format 1 (before encoders were held by key) wrote no version and the old names; it must load as it was."""
+    from safetensors.torch import save_file
+
+    from chatbridge.models.loading import trainable_state_dict
+
+    old_names = {"connector.": "perceiver.", "adapters.audio.": "audio_adapter.", "encoders.vision.": "image_encoder."}
+    format_1 = {}
+    for name, tensor in trainable_state_dict(tiny_model).items():
+        prefix = next((new for new in old_names if name.startswith(new)), "")
+        format_1[old_names.get(prefix, "") + name.removeprefix(prefix)] = tensor
+    assert "perceiver.query_tokens.image" in format_1 and "audio_adapter.weight" in format_1
+    save_file(format_1, tmp_path / "model.safetensors")  # exactly what format 1 wrote: no metadata
+    other = fresh_model(tiny_config, seed=5)
+    other.load_state_dict({k: v for k, v in tiny_model.state_dict().items() if ".backbone." in k}, strict=False)
+    load_chatbridge_checkpoint(other, tmp_path)
+    torch.testing.assert_close(outputs_of(other), outputs_of(tiny_model), rtol=0, atol=0)
+    save_file(format_1, tmp_path / "future.safetensors", {"chatbridge_format": "3"})
+    with pytest.raises(ValueError, match=r"future.safetensors is checkpoint format 3, newer than this chatbridge"):
+        load_chatbridge_checkpoint(other, tmp_path / "future.safetensors")

@@ -41,23 +41,7 @@ def test_builtin_names_are_exactly_these():
     registry.load_builtin_components()
     assert registry.ENCODERS.names() == ["beats", "eva_vit_g"]
     assert registry.CONNECTORS.names() == ["linear", "mlp", "qformer_per_modality", "shared_qformer"]
-    assert registry.LLMS.names() == ["hf_causal_lm", "tiny_llama"]
+    assert registry.LLMS.names() == ["hf_causal_lm"]
     assert registry.MODELS.names() == ["chatbridge"]
     assert registry.DATASETS.names() == ["caption_json", "caption_shards", "multis_json"]
     assert registry.PROCESSORS.names() == ["beats_fbank", "clip_image", "video_frames"]
-
-
-def test_every_package_imports_on_its_own_without_cycles():
-    """Each module first in a fresh interpreter: a circular import shows up only in some import orders."""
-    import pkgutil
-    import subprocess
-    import sys
-
-    import chatbridge
-
-    modules = sorted(name for _, name, _ in pkgutil.walk_packages(chatbridge.__path__, "chatbridge."))
-    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
-    # A data-first and a model-first interpreter: the two orders in which a data <-> models cycle would bite.
-    for first in ("chatbridge.data.collate", "chatbridge.models"):
-        result = subprocess.run([sys.executable, "-c", script, first, *modules], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr.strip().splitlines()[-1]

@@ -1,7 +1,8 @@
-"""Webdataset shards: JSON + media -> shards -> the same samples; index cache; damaged shards; the pack CLI."""
+"""Webdataset shards: JSON + media -> shards -> the same samples; index cache; damaged shards; the pack report."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -13,17 +14,18 @@ import pytest
 import torch
 
 import chatbridge.data.datasets  # noqa: F401  (registers the dataset builders)
-from chatbridge.config import DatasetConfig, FaithfulConfig, ProcessorConfig
+from chatbridge.config import DatasetConfig, ProcessorConfig, TrainConfig
+from chatbridge.config_loading import load_config
+from chatbridge.data import shard_writer
 from chatbridge.data.datasets import shards
 from chatbridge.data.datasets.base import DataContext
 from chatbridge.data.processors.errors import MediaError
-from chatbridge.data.synthetic import SCALES, ensure_world
 from chatbridge.models.llm import load_tokenizer
-from chatbridge.models.tiny_llm import write_tiny_llama_folder
 from chatbridge.registry import DATASETS
+from chatbridge.synthetic.world import SCALES, ensure_world
 
 REPO = Path(__file__).resolve().parents[1]
-PROCESSOR = ProcessorConfig(image_size=16)
+TINY_PRETRAIN = REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml"
 FOLDERS = {"image": ("images", "image_root"), "video": ("frames", "video_root"), "audio": ("audios", "audio_root")}
 
 
@@ -33,41 +35,54 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory):
-    tokenizer = load_tokenizer(write_tiny_llama_folder(tmp_path_factory.mktemp("llm") / "tiny"))
-    return DataContext(tokenizer, lambda modality, n: 4, 64, FaithfulConfig(), seed=0)
+def tiny(tiny_llm_dir) -> TrainConfig:
+    return load_config(TINY_PRETRAIN, [f"model.llm.path={tiny_llm_dir}"], require_paths=False)
 
 
-def json_config(world, modality: str) -> DatasetConfig:
+@pytest.fixture(scope="module")
+def processor(tiny) -> ProcessorConfig:
+    """The tiny preset's preprocessing, resolved by load_config (32-pixel frames, 2 fbank segments of 128 x 32)."""
+    return tiny.processor
+
+
+@pytest.fixture(scope="module")
+def context(tiny):
+    tokenizer = load_tokenizer(tiny.model.llm.path)
+    return DataContext(tokenizer, dataclasses.replace(tiny.model, max_txt_len=64))
+
+
+def json_config(world, modality: str, processor: ProcessorConfig) -> DatasetConfig:
     folder, root_field = FOLDERS[modality]
     return DatasetConfig(
         modalities=[modality],
         annotations=str(world.path(f"stage1/{modality}")),
-        processor=PROCESSOR,
+        processor=processor,
         **{root_field: str(world.root / folder)},
     )
 
 
-def shard_source(folder: Path | str, modality: str, context: DataContext):
-    cfg = DatasetConfig(builder="caption_shards", modalities=[modality], annotations=str(folder), processor=PROCESSOR)
+def shard_source(folder: Path | str, modality: str, context: DataContext, processor: ProcessorConfig):
+    cfg = DatasetConfig(builder="caption_shards", modalities=[modality], annotations=str(folder), processor=processor)
     return DATASETS.get("caption_shards")("shards", cfg, context)
 
 
-def pack(world, modality: str, out: Path, max_per_shard: int = 5) -> shards.PackReport:
+def pack(
+    world, processor: ProcessorConfig, modality: str, out: Path, max_per_shard: int = 5
+) -> shard_writer.PackReport:
     media_root = world.root / FOLDERS[modality][0]
-    return shards.pack_caption_shards(
-        world.path(f"stage1/{modality}"), media_root, modality, out, max_per_shard, PROCESSOR
+    return shard_writer.pack_caption_shards(
+        world.path(f"stage1/{modality}"), media_root, modality, out, processor, max_per_shard
     )
 
 
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
-def test_shards_give_the_json_samples(world, context, tmp_path, modality):
-    report = pack(world, modality, tmp_path / "shards")
+def test_shards_give_the_json_samples(world, context, processor, tmp_path, modality):
+    report = pack(world, processor, modality, tmp_path / "shards")
     rows = json.loads(world.path(f"stage1/{modality}").read_text())
     assert (report.written, sum(report.skipped.values())) == (len(rows), 0)
     assert len(report.shards) == -(-len(rows) // 5)
-    from_json = DATASETS.get("caption_json")("json", json_config(world, modality), context)
-    from_shards = shard_source(tmp_path / "shards", modality, context)
+    from_json = DATASETS.get("caption_json")("json", json_config(world, modality, processor), context)
+    from_shards = shard_source(tmp_path / "shards", modality, context, processor)
     assert len(from_shards) == len(from_json) == len(rows)
     for index in range(len(rows)):
         record = from_shards.read_json(index)
@@ -77,46 +92,46 @@ def test_shards_give_the_json_samples(world, context, tmp_path, modality):
             expected = from_json.load(index, train, torch.Generator().manual_seed(index))
             sample = from_shards.load(index, train, torch.Generator().manual_seed(index))
             assert sample.encoded == expected.encoded
-            assert [m for m, _ in sample.media] == [m for m, _ in expected.media] == [modality]
-            assert torch.equal(sample.media[0][1], expected.media[0][1])
+            assert [m.modality for m in sample.media] == [m.modality for m in expected.media] == [modality]
+            assert torch.equal(sample.media[0].tensor, expected.media[0].tensor)
 
 
-def test_shards_are_reproducible_webdataset_tars(world, tmp_path):
-    first = pack(world, "image", tmp_path / "a").shards
-    second = pack(world, "image", tmp_path / "b").shards
+def test_shards_are_reproducible_webdataset_tars(world, processor, tmp_path):
+    first = pack(world, processor, "image", tmp_path / "a").shards
+    second = pack(world, processor, "image", tmp_path / "b").shards
     assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
     with tarfile.open(first[0]) as tar:
         assert tar.getnames()[:4] == ["00000000.json", "00000000.png", "00000001.json", "00000001.png"]
     with pytest.raises(FileExistsError):
-        pack(world, "image", tmp_path / "a")
+        pack(world, processor, "image", tmp_path / "a")
 
 
-def test_index_cache_is_reused_and_invalidated(world, context, tmp_path, monkeypatch):
-    paths = pack(world, "audio", tmp_path / "shards").shards
-    assert len(shard_source(tmp_path / "shards", "audio", context)) == 8
+def test_index_cache_is_reused_and_invalidated(world, context, processor, tmp_path, monkeypatch):
+    paths = pack(world, processor, "audio", tmp_path / "shards").shards
+    assert len(shard_source(tmp_path / "shards", "audio", context, processor)) == 8
     assert all(shards.index_path(path).is_file() for path in paths)
     scanned = []
     real_scan = shards.scan_shard
     monkeypatch.setattr(shards, "scan_shard", lambda path: scanned.append(path.name) or real_scan(path))
-    assert len(shard_source(tmp_path / "shards", "audio", context)) == 8
+    assert len(shard_source(tmp_path / "shards", "audio", context, processor)) == 8
     assert scanned == []
     with open(paths[1], "ab") as handle:  # a changed shard (size and mtime) is rescanned
         handle.write(bytes(512))
-    assert len(shard_source(tmp_path / "shards", "audio", context)) == 8
+    assert len(shard_source(tmp_path / "shards", "audio", context, processor)) == 8
     assert scanned == [paths[1].name]
 
 
-def test_brace_pattern_selects_shards(world, context, tmp_path):
-    pack(world, "image", tmp_path / "shards", max_per_shard=4)
-    source = shard_source(tmp_path / "shards" / "shard-{000001..000002}.tar", "image", context)
+def test_brace_pattern_selects_shards(world, context, processor, tmp_path):
+    pack(world, processor, "image", tmp_path / "shards", max_per_shard=4)
+    source = shard_source(tmp_path / "shards" / "shard-{000001..000002}.tar", "image", context, processor)
     assert len(source) == 8
     assert source.read_json(0)["id"] == "img_00004.png"
     with pytest.raises(ValueError, match="missing"):
-        shard_source(tmp_path / "shards" / "shard-{000001..000009}.tar", "image", context)
+        shard_source(tmp_path / "shards" / "shard-{000001..000009}.tar", "image", context, processor)
 
 
-def test_truncated_and_garbage_shards_are_skipped_with_counts(world, context, tmp_path, caplog):
-    paths = pack(world, "image", tmp_path / "shards", max_per_shard=4).shards
+def test_truncated_and_garbage_shards_are_skipped_with_counts(world, context, processor, tmp_path, caplog):
+    paths = pack(world, processor, "image", tmp_path / "shards", max_per_shard=4).shards
     assert len(paths) == 3
     with tarfile.open(paths[1]) as tar:
         members = {info.name: info for info in tar.getmembers()}
@@ -124,7 +139,7 @@ def test_truncated_and_garbage_shards_are_skipped_with_counts(world, context, tm
     with open(paths[1], "r+b") as handle:
         handle.truncate(cut.offset_data + cut.size // 2)
     paths[2].write_bytes(np.random.default_rng(0).bytes(3000))
-    source = shard_source(tmp_path / "shards", "image", context)
+    source = shard_source(tmp_path / "shards", "image", context, processor)
     assert [source.read_json(index)["id"] for index in range(len(source))] == [
         f"img_{number:05d}.png" for number in (0, 1, 2, 3, 4, 5)
     ]
@@ -133,14 +148,14 @@ def test_truncated_and_garbage_shards_are_skipped_with_counts(world, context, tm
     assert "shard-000001.tar" in caplog.text and "1 samples dropped" in caplog.text
 
 
-def test_bad_member_raises_media_error_at_load(world, context, tmp_path):
+def test_bad_member_raises_media_error_at_load(world, context, processor, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     empty = tmp_path / "empty.wav"
     empty.touch()
     good = world.root / "images" / "img_00000.png"
-    shards.write_shards([("good", "a caption", {"image": good}), ("bad", "b", {"image": bad})], tmp_path / "s")
-    source = shard_source(tmp_path / "s", "image", context)
+    shard_writer.write_shards([("good", "a caption", {"image": good}), ("bad", "b", {"image": bad})], tmp_path / "s")
+    source = shard_source(tmp_path / "s", "image", context, processor)
     source.load(0, False, torch.Generator())
     with pytest.raises(MediaError) as caught:
         source.load(1, False, torch.Generator())
@@ -148,12 +163,12 @@ def test_bad_member_raises_media_error_at_load(world, context, tmp_path):
         "undecodable",
         f"{tmp_path / 's' / 'shard-000000.tar'}:00000001.jpg",
     )
-    shards.write_shards([("empty", "c", {"audio": empty})], tmp_path / "a")
+    shard_writer.write_shards([("empty", "c", {"audio": empty})], tmp_path / "a")
     with pytest.raises(MediaError) as caught:
-        shard_source(tmp_path / "a", "audio", context).load(0, False, torch.Generator())
+        shard_source(tmp_path / "a", "audio", context, processor).load(0, False, torch.Generator())
     assert (caught.value.reason, caught.value.path) == ("empty", f"{tmp_path / 'a' / 'shard-000000.tar'}:00000000.wav")
     with pytest.raises(MediaError, match="missing.*no video member"):
-        shard_source(tmp_path / "s", "video", context).load(0, False, torch.Generator())
+        shard_source(tmp_path / "s", "video", context, processor).load(0, False, torch.Generator())
 
 
 def load_cli():

@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import runpy
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import pytest
 import soundfile
 from PIL import Image
 
-from chatbridge.data import synthetic
-from chatbridge.data.synthetic import (
+from chatbridge.synthetic import world as synthetic
+from chatbridge.synthetic.world import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SCALES,
@@ -60,11 +59,8 @@ def _training_rows(manifest: WorldManifest) -> list[tuple[dict, dict]]:
 
 
 @pytest.fixture(scope="module")
-def default_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorldManifest, float]:
-    root = tmp_path_factory.mktemp("default_world")
-    start = time.perf_counter()
-    manifest = generate_world(root, seed=0)
-    return manifest, time.perf_counter() - start
+def default_world(tmp_path_factory: pytest.TempPathFactory) -> WorldManifest:
+    return generate_world(tmp_path_factory.mktemp("default_world"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +68,8 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> WorldManifest:
     return generate_world(tmp_path_factory.mktemp("tiny_world"), seed=0, sizes=TINY)
 
 
-def test_default_world_generates_quickly(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, seconds = default_world
-    files = len(_hashes(manifest.root))
-    print(f"\ndefault synthetic world: {files} files in {seconds:.2f} s")  # shown with `pytest -s` or `-rP`
-    assert seconds < 60
-
-
-def test_generation_is_byte_identical(default_world: tuple[WorldManifest, float], tmp_path: Path) -> None:
-    manifest, _ = default_world
+def test_generation_is_byte_identical(default_world: WorldManifest, tmp_path: Path) -> None:
+    manifest = default_world
     again = generate_world(tmp_path / "again", seed=0)
     assert _hashes(again.root) == _hashes(manifest.root)
     other_seed = generate_world(tmp_path / "other", seed=1, sizes=TINY)
@@ -164,8 +153,8 @@ def _frame_folder_ok(folder: Path) -> bool:
     return names == [f"img_{index:04d}.jpg" for index in range(1, synthetic.NUM_FRAMES + 1)]
 
 
-def test_every_training_row_refers_to_existing_media(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_every_training_row_refers_to_existing_media(default_world: WorldManifest) -> None:
+    manifest = default_world
     pairs = _training_rows(manifest)
     for dataset, row in pairs:
         media_id = row["video_id"] if "video_id" in row else row["image_id"]
@@ -181,8 +170,8 @@ def test_every_training_row_refers_to_existing_media(default_world: tuple[WorldM
     assert referenced == training_files
 
 
-def test_every_eval_row_refers_to_existing_media(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_every_eval_row_refers_to_existing_media(default_world: WorldManifest) -> None:
+    manifest = default_world
     root = manifest.root
     for name in (name for name in manifest.files if name.startswith("eval/")):
         for row in _load(manifest, name):
@@ -222,8 +211,8 @@ def _training_media(manifest: WorldManifest) -> set[tuple[str, str]]:
     return media
 
 
-def test_held_out_split_is_disjoint_from_training(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_held_out_split_is_disjoint_from_training(default_world: WorldManifest) -> None:
+    manifest = default_world
     attributes = _load(manifest, "attributes")
     train, evaluation = _training_media(manifest), _eval_media(manifest)
     assert {media_id for _, media_id in train}.isdisjoint(media_id for _, media_id in evaluation)
@@ -244,8 +233,8 @@ def _is_text_or_texts(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
 
 
-def test_stage1_rows_follow_the_valor_format(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_stage1_rows_follow_the_valor_format(default_world: WorldManifest) -> None:
+    manifest = default_world
     for name in ("stage1/image", "stage1/video", "stage1/audio"):
         rows = _load(manifest, name)
         assert all(set(row) in ({"video_id", "desc"}, {"video_id", "caption"}) for row in rows)
@@ -273,8 +262,8 @@ def _check_stage2_row(task: str, id_key: str, row: dict) -> None:
         assert not any("<" in turn["value"] for turn in turns[1:])
 
 
-def test_stage2_rows_follow_the_multis_format(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_stage2_rows_follow_the_multis_format(default_world: WorldManifest) -> None:
+    manifest = default_world
     tasks = set()
     for dataset, row in _training_rows(manifest):
         if dataset["txt"].startswith("annotations/stage2/"):
@@ -294,8 +283,8 @@ def test_stage2_rows_follow_the_multis_format(default_world: tuple[WorldManifest
     } <= tasks
 
 
-def test_task_prompts_and_opts_follow_the_reference_format(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_task_prompts_and_opts_follow_the_reference_format(default_world: WorldManifest) -> None:
+    manifest = default_world
     prompts = _load(manifest, "task_prompt")
     assert REQUIRED_PROMPTS <= set(prompts)
     assert all(_is_text_or_texts(templates) and isinstance(templates, list) for templates in prompts.values())
@@ -315,8 +304,8 @@ def test_task_prompts_and_opts_follow_the_reference_format(default_world: tuple[
     assert {group["task"] for group in _load(manifest, "opts_stage1")["data_cfg"]["train"]} == {"ti", "ta"}
 
 
-def test_eval_questions_are_joint_yes_no(default_world: tuple[WorldManifest, float]) -> None:
-    manifest, _ = default_world
+def test_eval_questions_are_joint_yes_no(default_world: WorldManifest) -> None:
+    manifest = default_world
     for name, visual_key in (("eval/tva_qa", "video_id"), ("eval/tia_qa", "image_id")):
         rows = _load(manifest, name)
         assert all(set(row) == {"question_id", visual_key, "audio", "question", "answer"} for row in rows)

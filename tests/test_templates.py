@@ -1,4 +1,4 @@
-"""Template strings must match the reference character for character (spec 2.2-2.4)."""
+"""Template strings must match the reference character for character (docs/reference/chatbridge.md §2.2-2.4)."""
 
 from __future__ import annotations
 

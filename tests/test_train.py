@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from chatbridge.config import TrainConfig
 from chatbridge.config_loading import load_config
-from chatbridge.data.mixture import build_train_mixture
-from chatbridge.data.synthetic import ensure_world
+from chatbridge.data.mixture import build_datasets, build_train_mixture
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.models.setup import build_model_for_training
+from chatbridge.synthetic import prepare
 from chatbridge.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,15 +28,16 @@ STAGE1 = REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml"
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> dict[str, Path]:
-    """One synthetic world and one tiny LLM folder for the module (generation is not what is tested here)."""
+    """One synthetic world and the preset's tiny LLM (which knows the world's language) for the module."""
     root = tmp_path_factory.mktemp("train")
-    ensure_world(root / "world", seed=0)
-    return {"root": root, "world": root / "world", "llm": root / "llm"}
+    shared = {"root": root, "world": root / "world", "llm": root / "llm"}
+    prepare(tiny_config(shared, "prepare"))
+    return shared
 
 
 def tiny_config(shared: dict[str, Path], output: str, *options: str) -> TrainConfig:
     defaults = [
-        f"synthetic_world={shared['world']}",
+        f"synthetic.world={shared['world']}",
         f"model.llm.path={shared['llm']}",
         f"run.output_dir={shared['root'] / output}",
         "run.max_steps=6",
@@ -58,7 +59,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(shared):
     interrupted = shared["root"] / "interrupted"
     (interrupted / "checkpoints").mkdir(parents=True)  # as if killed right after the step-3 checkpoint
     shutil.copytree(full.output_dir / "checkpoints" / "step_0000003", interrupted / "checkpoints" / "step_0000003")
-    resumed = train(tiny_config(shared, "interrupted", "run.resume=auto"))
+    resumed = train(tiny_config(shared, "interrupted", "run.resume=auto", "run.num_workers=2"))
     assert resumed.losses == full.losses[3:]  # bit for bit, with data loading moved to two workers
     final_full = load_file(full.final_checkpoint / "model.safetensors")
     final_resumed = load_file(resumed.final_checkpoint / "model.safetensors")
@@ -69,7 +70,8 @@ def test_checkpoint_loads_back_into_a_fresh_model_with_identical_outputs(shared)
     result = train(tiny_config(shared, "reload", "run.max_steps=2", "run.checkpoint_every=0"))
     config = tiny_config(shared, "reload")
     fresh = build_model_for_training(dataclasses.replace(config.model, checkpoint=str(result.final_checkpoint)))
-    mixture = build_train_mixture(config, load_tokenizer(config.model.llm.path), fresh, rank=0, world_size=1)
+    tokenizer = load_tokenizer(config.model.llm.path)
+    mixture = build_train_mixture(config, build_datasets(config, tokenizer), tokenizer, rank=0, world_size=1)
     _, batch = next(mixture)
     result.model.eval(), fresh.eval()
     with torch.no_grad():
@@ -78,7 +80,7 @@ def test_checkpoint_loads_back_into_a_fresh_model_with_identical_outputs(shared)
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(shared):
     train(tiny_config(shared, "other_arch", "run.max_steps=1", "run.checkpoint_every=0"))
-    config = tiny_config(shared, "other_arch", "run.resume=auto", "model.perceiver.num_query_tokens=8")
+    config = tiny_config(shared, "other_arch", "run.resume=auto", "model.connector.num_query_tokens=8")
     with pytest.raises(ValueError, match="was written by another architecture or trainable set"):
         train(config)
 

@@ -5,33 +5,33 @@ modality in a step) and takes that dataset's next global batch from a seeded per
 its slice. Everything a step uses is a pure function of (seed, step, per-dataset cursors), so a run resumed from
 the saved cursors sees exactly the batches the uninterrupted run would have seen, whatever the number of workers.
 
-Loading runs in DataLoader workers when `run.num_workers > 0`: the main process hands each worker a batch
-*specification* (dataset, indices, epoch); the worker decodes and collates it. Bad media are skipped and counted
-per dataset and reason; a dataset that is almost all bad stops the run with a message naming it.
+Loading runs in DataLoader workers when `run.num_workers > 0`: each worker walks the same deterministic plan and
+loads every `num_workers`-th batch specification (dataset, indices, epoch), decoding and collating it. Everything a
+worker holds is plain data (datasets, the tokenizer, the plan), so workers start with `fork` or `spawn` alike. Bad
+media are skipped and counted per dataset and reason; a dataset that is almost all bad stops the run with a
+message naming it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from chatbridge.config import DatasetConfig, TrainConfig
-from chatbridge.data.batching import batch_samples
-from chatbridge.data.datasets.base import DataContext, MultimodalSample, SampleSource, SkipCounter
+from chatbridge.config import DatasetConfig, TrainConfig, resolve_processor
+from chatbridge.data.batch import ChatBridgeBatch
+from chatbridge.data.collate import collate
+from chatbridge.data.datasets.base import DataContext, SampleSource, SkipCounter
 from chatbridge.data.datasets.valor_opts import datasets_from_valor_opts
-from chatbridge.data.feature_cache import tower_fingerprint, use_feature_cache
 from chatbridge.data.processors.errors import MediaError
-from chatbridge.models.chatbridge import ChatBridgeBatch, ChatBridgeModel
+from chatbridge.data.sample import MultimodalSample
 from chatbridge.registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -68,13 +68,11 @@ class LoadedBatch:
 
 @dataclass
 class MixtureMember:
-    """One dataset of the mixture with what the loader needs to batch it."""
+    """One dataset of the mixture with its share and batch size."""
 
     source: SampleSource
     weight: float
     batch_size: int
-    padding_side: str
-    feature_modalities: tuple[str, ...] = ()
 
 
 def seeded_generator(*parts: Any) -> torch.Generator:
@@ -118,7 +116,15 @@ class BatchPlan:
         return permutation[start : start + self.members[name].batch_size].tolist()
 
 
-def load_batch(spec: BatchSpec, member: MixtureMember, seed: int, bos_mask: bool, tokenizer: Any) -> LoadedBatch:
+@dataclass(frozen=True)
+class TokenIds:
+    """The special token ids `collate` needs (plain ints, so workers need no tokenizer)."""
+
+    pad: int
+    bos: int
+
+
+def load_batch(spec: BatchSpec, member: MixtureMember, seed: int, ids: TokenIds) -> LoadedBatch:
     """Decode and collate one specification; bad media are skipped (recorded by reason), never zero-filled."""
     samples: list[MultimodalSample] = []
     skipped: list[MediaError] = []
@@ -130,40 +136,43 @@ def load_batch(spec: BatchSpec, member: MixtureMember, seed: int, bos_mask: bool
             skipped.append(error)
     batch = None
     if samples:
-        batch = batch_samples(samples, tokenizer, member.padding_side, bos_mask, member.feature_modalities)
+        batch = collate(samples, ids.pad, ids.bos, member.source.bos_mask_on_padded_rows)
     return LoadedBatch(spec, batch, skipped)
 
 
+@dataclass
 class _SpecStream(IterableDataset):
     """DataLoader workers load every `num_workers`-th specification (each worker one whole batch at a time)."""
 
-    def __init__(self, mixture: MixtureLoader) -> None:
-        self.mixture = mixture
+    plan: BatchPlan
+    step: int
+    cursors: dict[str, Cursor]
+    seed: int
+    ids: TokenIds
 
     def __iter__(self) -> Iterator[LoadedBatch]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mixture = self.mixture
-        for position, spec in enumerate(mixture.plan.specs(mixture.step, mixture.cursors)):
+        for position, spec in enumerate(self.plan.specs(self.step, self.cursors)):
             if position % workers == worker:
-                yield load_batch(spec, mixture.members[spec.dataset], mixture.seed, mixture.bos_mask, mixture.tokenizer)
+                yield load_batch(spec, self.plan.members[spec.dataset], self.seed, self.ids)
 
 
 class MixtureLoader:
     """Iterator of `(dataset name, ChatBridgeBatch)` with `state_dict`/`load_state_dict` for exact resumption."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the loader's independent settings
         self,
         members: dict[str, MixtureMember],
-        tokenizer: Any,
+        ids: TokenIds,
         seed: int,
         rank: int,
         world_size: int,
         num_workers: int,
-        bos_mask: bool,
-    ) -> None:  # noqa: PLR0913 - the loader's independent settings
-        self.members, self.tokenizer, self.seed = members, tokenizer, seed
-        self.num_workers, self.bos_mask = num_workers, bos_mask
+        start_method: str | None = None,
+    ) -> None:
+        self.members, self.ids, self.seed = members, ids, seed
+        self.num_workers, self.start_method = num_workers, start_method
         self.plan = BatchPlan(members, seed, rank, world_size)
         self.skips = SkipCounter()
         self.step, self.cursors = 0, {}
@@ -183,13 +192,14 @@ class MixtureLoader:
 
     def _batches(self) -> Iterator[LoadedBatch]:
         if self._stream is None:
-            stream = _SpecStream(self)
+            stream = _SpecStream(self.plan, self.step, self.cursors, self.seed, self.ids)
             loader = DataLoader(
                 stream,
                 batch_size=None,
                 num_workers=self.num_workers,
                 persistent_workers=False,
                 prefetch_factor=2 if self.num_workers else None,
+                multiprocessing_context=self.start_method if self.num_workers else None,
             )
             self._stream = iter(loader)
         return self._stream
@@ -203,6 +213,10 @@ class MixtureLoader:
         self._loaded += 1
         if self._loaded % REPORT_EVERY == 0 and self.skips.skipped:
             logger.warning("skipped samples so far: %s", self.skips.report())
+
+    def close(self) -> None:
+        """Stop the data-loader workers now (their iterator's finaliser shuts them down cleanly)."""
+        self._stream = None
 
     def log_skipped(self) -> None:
         """Final report of skipped samples (silent when nothing was skipped)."""
@@ -220,50 +234,38 @@ class MixtureLoader:
 
 
 def dataset_configs(config: TrainConfig) -> dict[str, DatasetConfig]:
-    """The run's datasets: the YAML's `datasets`, plus those of the authors' data-opts JSON if one is given."""
+    """The run's datasets: the YAML's `datasets`, plus those of the authors' data-opts JSON if one is given (their
+    preprocessing resolved against the model's encoders like the YAML's)."""
     datasets = dict(config.datasets)
     if config.valor_data_opts:
-        datasets |= datasets_from_valor_opts(config.valor_data_opts)
+        for name, dataset in datasets_from_valor_opts(config.valor_data_opts).items():
+            where = f"{config.valor_data_opts}: {name}.processor"
+            dataset.processor = resolve_processor(config.model, dataset.processor, dataset.modalities, where)
+            datasets[name] = dataset
     if not datasets:
         raise ValueError("no datasets: set `datasets` in the run YAML or `valor_data_opts`")
     return datasets
 
 
-def data_context(config: TrainConfig, cfg: DatasetConfig, tokenizer: Any, model: ChatBridgeModel) -> DataContext:
-    """How many soft-token slots each media block of this dataset needs, from the model itself."""
-    processor = cfg.processor
-
-    def query_tokens(modality: str, num_items: int) -> int:
-        if modality == "audio":
-            per_item = model.audio_encoder.num_tokens(processor.target_length, processor.num_mel_bins)
-        else:
-            per_item = model.image_encoder.num_tokens
-        return model.perceiver.num_output_tokens(num_items, per_item)
-
-    return DataContext(tokenizer, query_tokens, config.model.max_txt_len, config.model.faithful, config.run.seed)
+def build_datasets(config: TrainConfig, tokenizer: Any) -> dict[str, SampleSource]:
+    """Every dataset of the run, built from the config alone (no model needed)."""
+    context = DataContext(tokenizer, config.model)
+    return {name: DATASETS.get(cfg.builder)(name, cfg, context) for name, cfg in dataset_configs(config).items()}
 
 
-def build_train_mixture(  # noqa: PLR0913 - the run, the model and this process's place in it
-    config: TrainConfig, tokenizer: Any, model: ChatBridgeModel, rank: int, world_size: int, fill_cache: bool = True
+def build_train_mixture(  # noqa: PLR0913 - the run, its data and this process's place in it
+    config: TrainConfig,
+    sources: Mapping[str, SampleSource],
+    tokenizer: Any,
+    rank: int,
+    world_size: int,
+    start_method: str | None = None,
 ) -> MixtureLoader:
-    """The training mixture of `config` for this rank; with `run.feature_cache`, cacheable media are read from
-    the cache (filled first when `fill_cache`)."""
-    members = {}
-    fingerprint = functools.cache(lambda modality: tower_fingerprint(model, modality))  # hash each tower once
-    for name, cfg in dataset_configs(config).items():
-        source = DATASETS.get(cfg.builder)(name, cfg, data_context(config, cfg, tokenizer, model))
-        padding = "left" if cfg.builder == "multis_json" else "right"  # stage 2 left-pads (spec 2.3.2)
-        cached = ()
-        if config.run.feature_cache:
-            root = Path(config.run.feature_cache)
-            cached = tuple(use_feature_cache(name, source, cfg.processor, model, root, fill_cache, fingerprint))
-        members[name] = MixtureMember(source, cfg.weight, cfg.batch_size, padding, cached)
-    return MixtureLoader(
-        members,
-        tokenizer,
-        config.run.seed,
-        rank,
-        world_size,
-        config.run.num_workers,
-        config.model.faithful.bos_mask_on_padded_rows,
-    )
+    """The training mixture of `sources` for this rank (weights and batch sizes from the config)."""
+    datasets = dataset_configs(config)
+    members = {
+        name: MixtureMember(source, datasets[name].weight, datasets[name].batch_size)
+        for name, source in sources.items()
+    }
+    ids = TokenIds(pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id)
+    return MixtureLoader(members, ids, config.run.seed, rank, world_size, config.run.num_workers, start_method)

@@ -1,9 +1,10 @@
-"""Prompt templates as data: stage-1 captions, stage-2 conversations, and the inference prompt (spec 2.2-2.4).
+"""Prompt templates as data: stage-1 captions, stage-2 conversations, and the inference prompt
+(docs/reference/chatbridge.md §2.2-2.4).
 
 Every string here is reproduced character for character from the reference, because the token ids (and thus the
 released checkpoint's behaviour) depend on them: note the missing space in "###Assistant:{answer}", the "." right
 after a `<query>`, and the "\n###" that closes single-turn answers but not conversation turns. Templates are chosen
-by an explicit modality tuple, never by substring tests on task names (spec 7.8).
+by an explicit modality tuple, never by substring tests on task names (docs/reference/chatbridge.md §7.8).
 
 Media are marked by `<query>`; `chatbridge/data/collate.py` splits on it and reserves the soft-token positions.
 """
@@ -137,13 +138,36 @@ def sample_instruction(
     return template
 
 
-def media_message(modalities: tuple[Modality, ...]) -> str:
+def media_message(modalities: Sequence[Modality]) -> str:
     """The chat's upload message, e.g. "Given following image: <query>." (the training prefix without its role).
 
-    The reference demo said "Given the following audio:" for audio, unlike training (spec 7.12); this uses the
-    training wording so that inference sees the prompts the model was tuned on.
+    The reference demo said "Given the following audio:" for audio, unlike training (§7.12); this uses the training
+    wording so that inference sees the prompts the model was tuned on. Combinations without a training template
+    (several images, image + video, ...) are described in the same words: "Given following image: <query> and
+    image: <query>.".
     """
-    return media_prefix(modalities).removeprefix(f"###{HUMAN}: ")
+    if tuple(modalities) in MEDIA_PREFIXES:
+        return media_prefix(tuple(modalities)).removeprefix(f"###{HUMAN}: ")
+    parts = [f"{modality}: {QUERY_PLACEHOLDER}" for modality in modalities]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"Given following {listed}."
+
+
+def render_chat_turn(modalities: Sequence[Modality], question: str | None, first: bool) -> str:
+    """One turn of a chat in the training template: media (if any), then the question, then `###Assistant:`.
+
+    The first turn of a conversation opens with "###"; later turns follow an answer that ended with "###", so they
+    start with "Human:", exactly like the segments of a multi-turn training sample. The first turn with media and
+    a question is therefore the training string up to the answer (§2.3.1). With `question` None the turn holds
+    only the media (a turn whose text was dropped to fit the context).
+    """
+    parts = []
+    if modalities:
+        parts.append(f"{HUMAN}: {media_message(modalities)}")
+    if question is not None:
+        parts.append(f"{HUMAN}: {question}###{ASSISTANT}:")
+    text = "###".join(parts) + ("" if question is not None else "###")
+    return ("###" if first else "") + text
 
 
 def render_chat_prompt(messages: Sequence[tuple[str, str | None]]) -> str:

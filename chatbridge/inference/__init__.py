@@ -1,0 +1,1 @@
+"""Inference: one generation engine behind the terminal chat, the demo and evaluation."""

@@ -1,204 +1,214 @@
-"""ChatBridge: frozen encoders -> one shared perceiver -> projection -> soft tokens spliced into a frozen LLM.
+"""ChatBridge: frozen encoders -> one shared connector -> projection -> soft tokens spliced into a frozen LLM.
 
-Method, per sample (spec 1.1): every image, video frame and audio segment is encoded by a frozen tower; the
-features of one media block (all frames of a video, all segments of a clip) are concatenated into one memory; the
-perceiver turns that memory into a fixed number of tokens with the modality's learnable queries; `llm_proj` maps them
-to the LLM width; they replace the placeholder positions of the text that the data pipeline prepared.
+Method, per sample (docs/reference/chatbridge.md §1.1): every image, video frame and audio segment is encoded by the
+frozen tower its modality is routed to; the features of one media block (all frames of a video, all segments of a
+clip) form one memory, mapped to the connector's width by an adapter where the tower is narrower; the connector
+turns that memory into soft tokens with the modality's learnable queries; `llm_proj` maps them to the LLM width; they
+replace the placeholder positions of the text that the data pipeline prepared.
+
+The model offers the steps separately, for generation: `encode_media` (media -> soft tokens) and `embed` (token ids
+and soft tokens -> input embeddings); `forward` is the training loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatbridge.config import ModelConfig
-from chatbridge.registry import CONNECTORS, ENCODERS, MODELS
-
-IGNORE_INDEX = -100
-
-# modality -> (encoder attribute, perceiver query set). Videos are frames for the image tower and share the image
-# queries (spec 1.1); audio has its own queries.
-ROUTES: dict[str, tuple[str, str]] = {
-    "image": ("image_encoder", "image"),
-    "video": ("image_encoder", "image"),
-    "audio": ("audio_encoder", "audio"),
-}
-
-
-@dataclass
-class ChatBridgeBatch:
-    """What the collate hands the model: tensors only.
-
-    Attributes:
-        input_ids: (B, L) token ids; placeholder slots hold any valid id (they are overwritten by soft tokens).
-        attention_mask: (B, L) 1 for real positions, 0 for padding.
-        labels: (B, L) target ids, IGNORE_INDEX where not supervised; label t is predicted at position t - 1.
-        media: modality -> stacked blocks of that modality over the whole batch, in placeholder order:
-            image (N, 3, H, W), video (N, T, 3, H, W), audio (N, S, T_fbank, F).
-        query_positions: modality -> (N, Q) flat indices into B * L where block i's Q soft tokens go.
-        features: modality -> (N, S, L, D) precomputed outputs of the modality's frozen tower (the feature
-            cache), used instead of `media` for that modality.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    labels: Tensor
-    media: dict[str, Tensor]
-    query_positions: dict[str, Tensor]
-    features: dict[str, Tensor] = field(default_factory=dict)
-
-    def to(self, device: torch.device | str) -> ChatBridgeBatch:
-        """The same batch on `device`."""
-        return ChatBridgeBatch(
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            labels=self.labels.to(device),
-            media={name: value.to(device) for name, value in self.media.items()},
-            query_positions={name: value.to(device) for name, value in self.query_positions.items()},
-            features={name: value.to(device) for name, value in self.features.items()},
-        )
+from chatbridge.config import ModelConfig, RouteConfig
+from chatbridge.data.batch import IGNORE_INDEX, ChatBridgeBatch
+from chatbridge.models.encoders.base import Encoder
+from chatbridge.registry import CONNECTORS, ENCODERS, LLMS, MODELS
 
 
 @dataclass
 class ChatBridgeOutput:
     """Attributes:
     loss: scalar, mean cross-entropy over every supervised token of the batch (0 if there is none).
+    per_sample_loss: (B,) mean cross-entropy over each sample's supervised tokens (0 for a sample with none);
+        what likelihood-based evaluation ranks options by.
     logits: (K, V) logits at the K supervised positions only; full-vocabulary logits for every position are
         never materialised.
     num_supervised_tokens: K.
     """
 
     loss: Tensor
+    per_sample_loss: Tensor
     logits: Tensor
     num_supervised_tokens: int
 
 
 class ChatBridgeModel(nn.Module):
-    """The assembled model; parts are built by their registered builders and passed in (composition)."""
+    """The assembled model; parts are built by their registered builders and passed in (composition).
 
-    def __init__(
+    Args:
+        encoders: Frozen towers by key (`model.encoders`).
+        routes: Modality -> (encoder key, query set).
+        memory_encoder: The encoder whose width the connector's memory has; every other encoder gets an adapter.
+        connector: Memory (N, S, L, D_mem) and a query set -> (N, Q, D_c).
+        llm: A Hugging Face causal LM.
+        frozen: Module names (`encoders.vision`, `llm`, ...) that stay in eval mode and run without gradients.
+    """
+
+    def __init__(  # noqa: PLR0913 - the parts of the method, one argument each
         self,
-        image_encoder: nn.Module,
-        audio_encoder: nn.Module,
-        perceiver: nn.Module,
+        encoders: Mapping[str, Encoder],
+        routes: Mapping[str, RouteConfig],
+        memory_encoder: str,
+        connector: nn.Module,
         llm: nn.Module,
-        frozen_towers: Sequence[str] = ("image_encoder", "audio_encoder", "llm"),
+        frozen: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.image_encoder = image_encoder
-        self.audio_encoder = audio_encoder
-        # `audio_trans` in the reference: maps audio features to the image width, so that the one Q-Former's
-        # cross-attention (whose K/V take image-width inputs) serves both modalities.
-        self.audio_adapter = nn.Linear(audio_encoder.width, image_encoder.width)
-        self.perceiver = perceiver
-        self.llm_proj = nn.Linear(perceiver.output_width, llm.config.hidden_size)
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.routes = {modality: (route.encoder, route.queries) for modality, route in routes.items()}
+        width = encoders[memory_encoder].width
+        # `audio_trans` in the reference: maps a narrower tower to the memory width, so that the one connector's
+        # cross-attention (whose K/V take memory-width inputs) serves every modality.
+        self.adapters = nn.ModuleDict(
+            {key: nn.Linear(encoder.width, width) for key, encoder in encoders.items() if encoder.width != width}
+        )
+        self.connector = connector
+        self.llm_proj = nn.Linear(connector.output_width, llm.config.hidden_size)
         self.llm = llm
-        self.frozen_towers = tuple(frozen_towers)
+        self.frozen = tuple(frozen)
 
     def train(self, mode: bool = True) -> ChatBridgeModel:
-        """Frozen towers stay in eval mode whatever the caller asks (dropout and norms of frozen parts never change)."""
+        """Frozen parts stay in eval mode whatever the caller asks (their dropout and norms never change)."""
         super().train(mode)
-        for name in self.frozen_towers:
-            getattr(self, name).eval()
+        for name in self.frozen:
+            self.get_submodule(name).eval()
         return self
 
-    def encode(self, modality: str, media: Tensor) -> Tensor:
-        """Steps 1-3 for all blocks of one modality: encode every frame/segment in one call, perceive, project.
+    def encoder_for(self, modality: str) -> tuple[str, nn.Module]:
+        """(key, module) of the encoder `modality` is routed to."""
+        if modality not in self.routes:
+            raise ValueError(f"no route for modality {modality!r}; routed: {sorted(self.routes)}")
+        key = self.routes[modality][0]
+        return key, self.encoders[key]
+
+    # ------------------------------------------------------------------------------------------- media -> tokens
+
+    def encode_media(self, modality: str, media: Tensor) -> Tensor:
+        """Steps 1-3 for N blocks of one modality: encode every item in one call, connect, project.
 
         Args:
             modality: image, video or audio.
-            media: image (N, 3, H, W), video (N, T, 3, H, W) or audio (N, S, T_fbank, F).
+            media: image (N, 3, H, W), video (N, T, 3, H, W), audio (N, S, T_fbank, F).
 
         Returns:
             (N, Q, D_llm) soft tokens, in the LLM's dtype.
         """
-        items = media.unsqueeze(1) if modality == "image" else media  # (N, S, ...)
+        items = media.unsqueeze(1) if modality == "image" else media  # (N, S, ...), as `config.split_items`
         features = self.tower_features(modality, items.flatten(0, 1))  # (N*S, L, D)
         return self.encode_features(modality, features.unflatten(0, items.shape[:2]))
 
     def tower_features(self, modality: str, items: Tensor) -> Tensor:
-        """Step 1: the modality's tower over a flat batch of frames/segments, (N, ...) -> (N, L, D), in the
-        trainable dtype; what the feature cache stores. Frozen towers run in their own dtype, without a graph."""
-        name = ROUTES[modality][0]
-        tower = getattr(self, name)
+        """Step 1: the routed tower over a flat batch of items, (N, ...) -> (N, L, D), in the trainable dtype;
+        what the feature cache stores. Frozen towers run in their own dtype, without a graph."""
+        key, tower = self.encoder_for(modality)
         tower_dtype = next(tower.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and name not in self.frozen_towers):
-            features = tower(items.to(tower_dtype))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and f"encoders.{key}" not in self.frozen):
+            features = tower(items.to(tower_dtype), modality)
         return features.to(self.llm_proj.weight.dtype)
 
     def encode_features(self, modality: str, features: Tensor) -> Tensor:
         """Steps 2-3 from tower outputs (N, S, L, D), computed now or read from the feature cache."""
+        key, queries = self.routes[modality]
         memory = features.to(self.llm_proj.weight.dtype)  # (N, S, L, D)
-        if modality == "audio":
-            memory = self.audio_adapter(memory)  # (N, S, L, D_v)
-        queries = self.perceiver(memory, ROUTES[modality][1])  # (N, Q, D_q)
-        return self.llm_proj(queries).to(self.llm.dtype)  # (N, Q, D_llm)
+        if key in self.adapters:
+            memory = self.adapters[key](memory)  # (N, S, L, D_mem)
+        tokens = self.connector(memory, queries)  # (N, Q, D_c)
+        return self.llm_proj(tokens).to(self.llm.dtype)  # (N, Q, D_llm)
 
-    def embed(self, batch: ChatBridgeBatch) -> Tensor:
-        """Step 4: text embeddings with every placeholder slot replaced by its soft token. (B, L, D_llm)."""
-        text = self.llm.get_input_embeddings()(batch.input_ids)  # (B, L, D)
+    def batch_soft_tokens(self, batch: ChatBridgeBatch) -> dict[str, Tensor]:
+        """Soft tokens of every modality of a batch, from media or from cached features."""
+        soft = {modality: self.encode_media(modality, media) for modality, media in batch.media.items()}
+        soft |= {modality: self.encode_features(modality, features) for modality, features in batch.features.items()}
+        return soft
+
+    # ------------------------------------------------------------------------------------------- tokens -> loss
+
+    def embed(self, input_ids: Tensor, soft_tokens: Mapping[str, Tensor], positions: Mapping[str, Tensor]) -> Tensor:
+        """Step 4: text embeddings with every placeholder slot replaced by its soft token.
+
+        Args:
+            input_ids: (B, L) token ids.
+            soft_tokens: modality -> (N, Q, D_llm) soft tokens of that modality's N blocks.
+            positions: modality -> (N, Q) flat indices into B * L, in the same block order.
+
+        Returns:
+            (B, L, D_llm) input embeddings.
+        """
+        text = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         flat = text.flatten(0, 1)  # (B*L, D)
-        blocks = [(m, self.encode(m, media)) for m, media in batch.media.items()]
-        blocks += [(m, self.encode_features(m, features)) for m, features in batch.features.items()]
-        for modality, soft in blocks:  # soft: (N, Q, D)
-            positions = batch.query_positions[modality]  # (N, Q)
-            if positions.shape != soft.shape[:2]:
+        for modality, soft in soft_tokens.items():  # soft: (N, Q, D)
+            slots = positions[modality]  # (N, Q)
+            if slots.shape != soft.shape[:2]:
                 raise ValueError(
-                    f"{modality}: the batch reserves {tuple(positions.shape)} placeholder slots but the perceiver "
-                    f"made {tuple(soft.shape[:2])} tokens; the collate and model.perceiver disagree"
+                    f"{modality}: the batch reserves {tuple(slots.shape)} soft-token slots but the model made "
+                    f"{tuple(soft.shape[:2])} tokens; the data config and model.connector disagree"
                 )
-            flat = flat.index_copy(0, positions.flatten(), soft.flatten(0, 1))
+            flat = flat.index_copy(0, slots.flatten(), soft.flatten(0, 1).to(flat.dtype))
         return flat.view_as(text)
 
     def forward(self, batch: ChatBridgeBatch) -> ChatBridgeOutput:
-        """Steps 1-5: embed with soft tokens, run the LLM, cross-entropy at supervised positions only."""
-        embeds = self.embed(batch)
+        """Steps 1-5: embed with soft tokens, run the LLM without a cache, cross-entropy at supervised positions."""
+        embeds = self.embed(batch.input_ids, self.batch_soft_tokens(batch), batch.soft_token_positions)
+        return self.loss_from_embeds(embeds, batch)
+
+    def loss_from_embeds(self, embeds: Tensor, batch: ChatBridgeBatch) -> ChatBridgeOutput:
+        """Step 5: the LLM over input embeddings (B, L, D) and the loss at `batch.labels`' supervised positions."""
         # Positions count real tokens only, so left padding does not move them (as Hugging Face generation does);
-        # this makes a padded batch compute exactly what each sample computes alone.
+        # a padded batch computes exactly what each sample computes alone.
         positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.llm.get_decoder()(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions, use_cache=False
         ).last_hidden_state  # (B, L, D)
         targets = batch.labels[:, 1:]  # position t predicts token t + 1
         supervised = targets != IGNORE_INDEX  # (B, L-1)
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised]).float()  # (K, V)
+        token_losses = F.cross_entropy(logits, targets[supervised], reduction="none")  # (K,)
         count = int(supervised.sum())
-        loss = F.cross_entropy(logits, targets[supervised], reduction="sum") / max(count, 1)
-        return ChatBridgeOutput(loss=loss, logits=logits, num_supervised_tokens=count)
+        rows = supervised.nonzero()[:, 0]  # (K,) sample of each supervised token
+        per_sample_sum = token_losses.new_zeros(len(targets)).index_add(0, rows, token_losses)
+        per_sample = per_sample_sum / supervised.sum(-1).clamp(min=1)
+        loss = token_losses.sum() / max(count, 1)
+        return ChatBridgeOutput(loss=loss, per_sample_loss=per_sample, logits=logits, num_supervised_tokens=count)
 
 
-def frozen_tower_names(cfg: ModelConfig) -> list[str]:
-    """Towers declared frozen by the config; they stay in eval mode and run without gradients."""
-    flags = {"image_encoder": cfg.vision.frozen, "audio_encoder": cfg.audio.frozen, "llm": cfg.llm.frozen}
-    return [name for name, frozen in flags.items() if frozen]
+def frozen_parts(cfg: ModelConfig) -> list[str]:
+    """Module names of the parts the config declares frozen."""
+    parts = [f"encoders.{key}" for key, encoder in cfg.encoders.items() if encoder.frozen]
+    return parts + (["llm"] if cfg.llm.frozen else [])
+
+
+def query_sets(cfg: ModelConfig) -> list[str]:
+    """The connector's query sets, in order of first use by a route (image before audio in ChatBridge)."""
+    return list(dict.fromkeys(route.queries for route in cfg.routes.values() if route.queries is not None))
 
 
 def assemble_chatbridge(cfg: ModelConfig, llm: nn.Module) -> ChatBridgeModel:
     """Build every part but the LLM from the config, with random weights and no file I/O (works on meta)."""
-    image_encoder = ENCODERS.get(cfg.vision.name)(cfg.vision)
-    audio_encoder = ENCODERS.get(cfg.audio.name)(cfg.audio)
-    perceiver = CONNECTORS.get(cfg.perceiver.name)(cfg.perceiver, memory_width=image_encoder.width)
-    return ChatBridgeModel(image_encoder, audio_encoder, perceiver, llm, frozen_tower_names(cfg))
+    if not cfg.encoders or not cfg.routes:
+        raise ValueError("model.encoders and model.routes are empty: choose a model preset (model.model_type)")
+    encoders = {key: ENCODERS.get(encoder.name)(encoder) for key, encoder in cfg.encoders.items()}
+    memory_encoder = cfg.memory_width_encoder()
+    connector = CONNECTORS.get(cfg.connector.name)(cfg.connector, encoders[memory_encoder].width, query_sets(cfg))
+    return ChatBridgeModel(encoders, cfg.routes, memory_encoder, connector, llm, frozen_parts(cfg))
 
 
 @MODELS.register("chatbridge")
 def build_chatbridge(cfg: ModelConfig) -> ChatBridgeModel:
     """The model with the LLM loaded from its folder and random weights elsewhere; see `loading.load_pretrained`."""
-    from chatbridge.registry import LLMS
-
     with torch.random.fork_rng():
         llm, _tokenizer = LLMS.get(cfg.llm.name)(cfg.llm)
-    # The parts' random init depends on `init_seed` only: random frozen towers (tiny presets) are not saved in
-    # checkpoints, so the same seed must rebuild them exactly, whatever ran before.
+    # The parts' random init depends on `init_seed` only: random frozen towers are not saved in checkpoints, so the
+    # same seed must rebuild them exactly, whatever ran before.
     with torch.random.fork_rng():
         torch.manual_seed(cfg.init_seed)
         return assemble_chatbridge(cfg, llm)
-
-
-def supervised_token_count(batch: ChatBridgeBatch) -> int:
-    """Tokens that carry a loss (labels are predicted one position earlier, so column 0 never does)."""
-    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())

@@ -14,18 +14,18 @@ calls `sentencepiece.SentencePieceProcessor` directly, which is exactly what the
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import peft
 import sentencepiece as spm
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizer
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 from chatbridge.config import LLMConfig, LoraConfig, Precision
 from chatbridge.models.layers import TORCH_DTYPES
-from chatbridge.models.tiny_llm import ensure_tiny_llama_folder
 from chatbridge.registry import LLMS
 
 _PATH_KEY = "model.llm.path"
@@ -71,15 +71,20 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizer:
     )
 
 
-def load_causal_lm(path: str | Path, precision: Precision, frozen: bool) -> PreTrainedModel:
+def load_causal_lm(
+    path: str | Path, precision: Precision, frozen: bool, low_memory: dict[str, Any] | None = None
+) -> PreTrainedModel:
     """Load the causal LM from a local folder only (never the Hub), in `precision`, optionally frozen.
 
     Legacy checkpoints that persist `rotary_emb.inv_freq` (transformers 4.28) load fine: transformers reports the
     keys as unexpected and recomputes the buffer. A frozen LLM is put in eval mode with no parameter requiring grad.
+    `low_memory` holds `from_pretrained`'s quantization and device-map arguments (`low_memory_arguments`).
     """
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(_missing_message(path, "config.json"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[precision], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=TORCH_DTYPES[precision], local_files_only=True, **(low_memory or {})
+    )
     if frozen:
         model.requires_grad_(False)
         model.eval()
@@ -107,6 +112,28 @@ def build_causal_lm_on_meta(config_dict: dict[str, Any]) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config)
 
 
+def low_memory_arguments(cfg: LLMConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments for 8/4-bit weights (bitsandbytes) and a device map (accelerate).
+
+    Raises:
+        ValueError: asked for on a machine without CUDA, or bitsandbytes is not installed (one line, naming the key).
+    """
+    if cfg.quantization == "none" and cfg.device_map is None:
+        return {}
+    key = "model.llm.quantization" if cfg.quantization != "none" else "model.llm.device_map"
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{key}: low-memory loading needs a CUDA device and this machine has none; leave it unset on CPU"
+        )
+    arguments: dict[str, Any] = {"device_map": cfg.device_map or "auto"}
+    if cfg.quantization != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"{key} = {cfg.quantization!r} needs bitsandbytes: pip install bitsandbytes")
+        bits = {"load_in_8bit": True} if cfg.quantization == "8bit" else {"load_in_4bit": True}
+        arguments["quantization_config"] = BitsAndBytesConfig(**bits)
+    return arguments
+
+
 @LLMS.register("hf_causal_lm")
 def build_hf_causal_lm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
     """A local Hugging Face causal-LM folder (e.g. Vicuna-13B v0) -> (model, tokenizer), with optional LoRA."""
@@ -114,30 +141,10 @@ def build_hf_causal_lm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedToken
         raise ValueError("model.llm.lora.rank > 0 needs model.llm.frozen = true: LoRA trains adapters, not the LLM")
     path = _require_path(cfg)
     tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, cfg.precision, cfg.frozen)
+    model = load_causal_lm(path, cfg.precision, cfg.frozen, low_memory_arguments(cfg))
     if cfg.lora.rank > 0:
         model = add_lora(model, cfg.lora)
     return model, tokenizer
-
-
-@LLMS.register("tiny_llama")
-def build_tiny_llama(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
-    """Generate the tiny LLaMA folder at `cfg.path` unless an identical one is there, then load it like `hf_causal_lm`.
-
-    With `cfg.corpus` (a synthetic world folder) the tokenizer learns that world's texts and the LM is pre-trained
-    on them for `cfg.pretrain_steps` steps before it is frozen, so that the bridge has a frozen LLM that knows the
-    language (see `chatbridge.models.tiny_llm`). A folder generated with other settings is regenerated.
-    """
-    ensure_tiny_llama_folder(
-        _require_path(cfg),
-        cfg.vocab_size,
-        cfg.hidden_size,
-        cfg.num_layers,
-        cfg.num_heads,
-        corpus=cfg.corpus,
-        pretrain_steps=cfg.pretrain_steps,
-    )
-    return build_hf_causal_lm(cfg)
 
 
 def _require_path(cfg: LLMConfig) -> str:

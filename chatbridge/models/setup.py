@@ -20,25 +20,30 @@ def build_model_for_training(cfg: ModelConfig, device: torch.device | str = "cpu
     load_pretrained(model, cfg)
     cast_frozen_towers(model, cfg)
     set_trainable(model, cfg.trainable)
+    if getattr(model.llm, "hf_device_map", None):  # placed by accelerate (`model.llm.device_map`): leave it there
+        for name, part in model.named_children():
+            if name != "llm":
+                part.to(device)
+        return model
     return model.to(device)
 
 
 def cast_frozen_towers(model: ChatBridgeModel, cfg: ModelConfig) -> None:
     """Frozen encoders run in their configured precision (their LayerNorms still compute in fp32)."""
-    for name, tower_cfg in (("image_encoder", cfg.vision), ("audio_encoder", cfg.audio)):
-        if tower_cfg.frozen:
-            getattr(model, name).to(TORCH_DTYPES[tower_cfg.precision])
+    for key, encoder_cfg in cfg.encoders.items():
+        if encoder_cfg.frozen:
+            model.encoders[key].to(TORCH_DTYPES[encoder_cfg.precision])
 
 
 def enable_activation_checkpointing(model: ChatBridgeModel) -> list[str]:
-    """Recompute the Q-Former's and the LLM's activations in the backward pass (memory for compute).
+    """Recompute the connector's and the LLM's activations in the backward pass (memory for compute).
 
     Gradients flow through the frozen LLM into the soft tokens, so its activations are kept for the backward pass
     like a trainable model's; recomputing them is the main saving for long stage-2 sequences. Returns the parts
     that were switched (connectors without a Q-Former have nothing to checkpoint).
     """
     parts = {"llm": model.llm}
-    parts |= {f"perceiver.{name}": m for name, m in model.perceiver.named_modules() if isinstance(m, PreTrainedModel)}
+    parts |= {f"connector.{name}": m for name, m in model.connector.named_modules() if isinstance(m, PreTrainedModel)}
     for part in parts.values():
         if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x's name
             part.activation_checkpointing_enable({"use_reentrant": False})

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from chatbridge.config import TrainConfig
 from chatbridge.models.chatbridge import ChatBridgeModel
-from chatbridge.models.loading import CONFIG_FILE, WEIGHTS_FILE, save_chatbridge_checkpoint
+from chatbridge.models.loading import CONFIG_FILE, WEIGHTS_FILE, read_our_weights, save_chatbridge_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
 
 def load_training_checkpoint(folder: Path, model: ChatBridgeModel) -> dict[str, Any]:
     """Load the trainable tensors into `model` and return the training state; refuses another architecture."""
-    tensors = load_file(folder / WEIGHTS_FILE)
+    tensors = read_our_weights(folder / WEIGHTS_FILE)
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
     mismatched = sorted(set(tensors) ^ set(own)) + [n for n in tensors if n in own and tensors[n].shape != own[n].shape]
     if mismatched:

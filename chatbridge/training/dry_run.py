@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from chatbridge.config import TrainConfig
+from chatbridge.data.datasets.base import build_processor, soft_token_counts
 from chatbridge.models.chatbridge import ChatBridgeModel, assemble_chatbridge
 from chatbridge.models.freezing import count_parameters, set_trainable
 from chatbridge.models.llm import build_causal_lm_on_meta
@@ -54,13 +55,18 @@ def build_on_meta(config: TrainConfig) -> ChatBridgeModel:
     return model
 
 
-def longest_sequence(config: TrainConfig, model: ChatBridgeModel) -> tuple[int, int]:
-    """(batch size, sequence length) of the largest batch the mixture can produce."""
-    queries = getattr(model.perceiver, "num_query_tokens", 32)
-    worst = (1, 1 + config.model.max_txt_len + queries)
+def longest_sequence(config: TrainConfig) -> tuple[int, int]:
+    """(batch size, sequence length) bounding the largest batch the mixture can produce.
+
+    BOS + `max_txt_len` + every medium's soft tokens: exact for stage-1 captions, whose soft tokens come on top of
+    `max_txt_len` text tokens, and an upper bound for stage 2, which cuts text and soft tokens to `max_txt_len`
+    (docs/reference/chatbridge.md §2.2, §2.3.2).
+    """
+    worst = (1, 1 + config.model.max_txt_len)
     for dataset in config.datasets.values():
-        text = config.model.max_txt_len + (queries * len(dataset.modalities) if dataset.task == "caption" else 0)
-        worst = max(worst, (dataset.batch_size, 1 + text), key=lambda shape: shape[0] * shape[1])
+        processors = {modality: build_processor(modality, dataset.processor) for modality in dataset.modalities}
+        length = 1 + config.model.max_txt_len + sum(soft_token_counts(config.model, processors).values())
+        worst = max(worst, (dataset.batch_size, length), key=lambda shape: shape[0] * shape[1])
     return worst
 
 
@@ -72,10 +78,10 @@ def estimate_memory(
     llm_parameters = sum(p.numel() for p in model.llm.parameters())
     llm_bytes = llm_parameters * BYTES[config.model.llm.precision] / (world_size if fsdp else 1)
     tower_bytes = sum(
-        sum(p.numel() for p in tower.parameters()) * BYTES[tower_cfg.precision]
-        for tower, tower_cfg in ((model.image_encoder, config.model.vision), (model.audio_encoder, config.model.audio))
+        sum(p.numel() for p in model.encoders[key].parameters()) * BYTES[encoder.precision]
+        for key, encoder in config.model.encoders.items()
     )
-    batch, length = longest_sequence(config, model)
+    batch, length = longest_sequence(config)
     llm_config = model.llm.config
     activation_bytes = batch * length * llm_config.hidden_size * llm_config.num_hidden_layers
     activation_bytes *= ACTIVATION_FACTOR[checkpointing] * BYTES["bf16"] / 2
@@ -94,7 +100,7 @@ def dry_run_report(config: TrainConfig, world_size: int) -> str:
     model = build_on_meta(config)
     trainable, frozen = count_parameters(model)
     lines = [f"trainable parameters: {trainable:,}", f"frozen parameters:    {frozen:,}"]
-    batch, length = longest_sequence(config, model)
+    batch, length = longest_sequence(config)
     lines.append(f"largest batch: {batch} x {length} positions per device, world size {world_size}")
     lines.append(f"{'setting':<40}{'weights':>9}{'grads':>8}{'adamw':>8}{'activ.':>8}{'total GiB':>11}")
     for fsdp in (False, True):

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from chatbridge.config import TrainConfig
 from chatbridge.config_loading import save_config
-from chatbridge.data.mixture import build_train_mixture
-from chatbridge.models.chatbridge import ChatBridgeModel, supervised_token_count
+from chatbridge.data.mixture import MixtureLoader, build_datasets, build_train_mixture, dataset_configs
+from chatbridge.models.chatbridge import ChatBridgeModel
 from chatbridge.models.freezing import count_parameters
 from chatbridge.models.layers import TORCH_DTYPES
 from chatbridge.models.llm import load_tokenizer
@@ -34,6 +34,7 @@ from chatbridge.training.distributed import (
     setup_distributed,
     shard_frozen_llm,
 )
+from chatbridge.training.feature_cache import attach_feature_caches
 from chatbridge.training.metrics_log import MetricsLog, WindowMeans
 from chatbridge.training.optim import build_optimizer
 from chatbridge.training.schedule import learning_rate
@@ -64,12 +65,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 2. Build: model (frozen towers, trainable set), data mixture, optimizer; resume if asked.
     model = _prepare_model(config, context)
-    tokenizer = load_tokenizer(config.model.llm.path)
-    if config.run.feature_cache and not context.is_main:
-        barrier()  # rank 0 fills the feature cache first (see below); the others then only read it
-    mixture = build_train_mixture(config, tokenizer, model, context.rank, context.world_size, context.is_main)
-    if config.run.feature_cache and context.is_main:
-        barrier()
+    mixture = _prepare_data(config, model, context)
     optimizer = build_optimizer(
         model, config.run.init_lr, config.run.weight_decay, config.model.faithful.weight_decay_everything
     )
@@ -107,6 +103,7 @@ def train(config: TrainConfig) -> TrainResult:
     # 4. Cleanup: the final checkpoint (our format, plus training state for resuming), logs closed.
     final = _save(config, output_dir, model, optimizer, scaler, mixture, config.run.max_steps, context)
     final_alias = output_dir / ckpt.FINAL_NAME
+    mixture.close()
     if context.is_main:
         ckpt.publish_final(final, final_alias)
         log.close()
@@ -130,6 +127,20 @@ def _prepare_model(config: TrainConfig, context: DistributedContext) -> ChatBrid
     return model
 
 
+def _prepare_data(config: TrainConfig, model: ChatBridgeModel, context: DistributedContext) -> MixtureLoader:
+    """The datasets (built from the config alone), reading the feature cache if asked, mixed for this rank."""
+    tokenizer = load_tokenizer(config.model.llm.path)
+    sources = build_datasets(config, tokenizer)
+    if config.run.feature_cache:
+        if not context.is_main:
+            barrier()  # rank 0 fills the feature cache first; the others then only read it
+        cache = Path(config.run.feature_cache)
+        attach_feature_caches(sources, dataset_configs(config), model, cache, fill_missing=context.is_main)
+        if context.is_main:
+            barrier()
+    return build_train_mixture(config, sources, tokenizer, context.rank, context.world_size)
+
+
 def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, context: DistributedContext):
     """One optimizer step over `grad_accum_steps` micro-batches on every rank.
 
@@ -141,7 +152,7 @@ def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, cont
     """
     optimizer.zero_grad(set_to_none=not config.model.faithful.zero_grad_keep_zeros)
     micro_batches = [next(mixture) for _ in range(config.run.grad_accum_steps)]
-    tokens_here = sum(supervised_token_count(batch) for _, batch in micro_batches)
+    tokens_here = sum(batch.num_supervised_tokens for _, batch in micro_batches)
     tokens_everywhere = max(all_reduce_sum(float(tokens_here), context.device), 1.0)
     step_loss, samples, per_dataset = 0.0, 0, {}
     for name, batch in micro_batches:

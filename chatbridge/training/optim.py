@@ -10,7 +10,10 @@ NO_DECAY_MARKERS = ("bias", "norm", "query_tokens", "temporal_embeddings")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_everything: bool) -> list[dict]:
-    """Two AdamW groups, decayed and not; `decay_everything` reproduces the reference (spec 5.2)."""
+    """Two AdamW groups, decayed and not; `decay_everything` reproduces the reference.
+
+    See docs/reference/chatbridge.md §5.2.
+    """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:

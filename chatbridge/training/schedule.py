@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup, then cosine decay over the whole run (spec 5.2)."""
+"""Learning-rate schedule: linear warmup, then cosine decay over the whole run (docs/reference/chatbridge.md §5.2)."""
 
 from __future__ import annotations
 

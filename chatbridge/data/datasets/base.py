@@ -7,9 +7,9 @@ broke shape this module:
 * Bad annotation rows are found when the dataset is built, not at step 40,000: each row is parsed once by the
   dataset's row parser, and a malformed one either stops the build with its file, row and problem, or (with
   `skip_bad_rows`) is dropped and counted.
-* Bad media never become zeros (spec 1.4, 7.3): a missing or undecodable file raises `MediaError`, the mixture
-  skips the sample and records it in a `SkipCounter`, and `check_health` stops a run whose data is mostly broken
-  instead of training on the few samples that happen to load.
+* Bad media never become zeros (docs/reference/chatbridge.md §1.4, §7.3): a missing or undecodable file raises
+  `MediaError`, the mixture skips the sample and records it in a `SkipCounter`, and `check_health` stops a run
+  whose data is mostly broken instead of training on the few samples that happen to load.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizer
 
-from chatbridge.config import DatasetConfig, FaithfulConfig, Modality
-from chatbridge.data.collate import EncodedSample
+from chatbridge.config import DatasetConfig, Modality, ModelConfig, ProcessorConfig
 from chatbridge.data.processors.errors import MediaError
+from chatbridge.data.sample import Medium, MultimodalSample
 from chatbridge.registry import PROCESSORS
 
 logger = logging.getLogger(__name__)
@@ -42,48 +42,23 @@ MEDIA_SUFFIXES: dict[Modality, tuple[str, ...]] = {
     "video": ("", ".mp4"),
     "audio": ("", ".wav", ".mp3", ".flac"),
 }
-"""Suffixes tried after `root/id`, in order (spec 4.4; `.JPEG` is the reference's `.jpg -> .JPEG` retry)."""
+"""Suffixes tried after `root/id`, in order (§4.4; `.JPEG` is the reference's `.jpg -> .JPEG` retry)."""
 ROOT_FIELDS: dict[Modality, str] = {"image": "image_root", "video": "video_root", "audio": "audio_root"}
 """The `DatasetConfig` field holding each modality's media folder."""
-PROCESSOR_NAMES: dict[Modality, str] = {"image": "clip_image", "video": "video_frames", "audio": "beats_fbank"}
-"""The registered processor that turns a file of each modality into a tensor."""
 
 
 @dataclass(frozen=True)
 class DataContext:
-    """What datasets need from the model and the run, handed to every builder.
+    """What datasets need from the run, handed to every builder; plain data, so datasets pickle.
 
     Attributes:
         tokenizer: The LLM's tokenizer (`chatbridge.models.llm.load_tokenizer`).
-        query_tokens: (modality, frames or segments of the block) -> soft-token slots the model fills for it.
-        max_txt_len: Stage 1: caption tokens; stage 2: text and query positions per sample.
-        faithful: The model's reference quirks (the audio processor's padding rule reads it).
-        seed: Base seed of the run.
+        model: The model config: how many soft tokens each medium becomes (`ModelConfig.soft_tokens`, computed
+            without building a model), `max_txt_len` and the reference quirks in `faithful`.
     """
 
     tokenizer: PreTrainedTokenizer
-    query_tokens: Callable[[Modality, int], int]
-    max_txt_len: int
-    faithful: FaithfulConfig
-    seed: int
-
-
-@dataclass
-class MultimodalSample:
-    """One model-ready sample.
-
-    Attributes:
-        encoded: Token ids with one placeholder block per media item, labels and the blocks' spans.
-        media: (modality, tensor) per `<query>` block, in placeholder order: image (3, H, W), video (T, 3, H, W),
-            audio (S, T, F).
-        source: Name of the dataset it came from.
-        index: Its index in that dataset.
-    """
-
-    encoded: EncodedSample
-    media: list[tuple[Modality, Tensor]]
-    source: str
-    index: int
+    model: ModelConfig
 
 
 class SampleSource(Protocol):
@@ -92,6 +67,9 @@ class SampleSource(Protocol):
     name: str
 
     def __len__(self) -> int: ...
+
+    bos_mask_on_padded_rows: bool
+    """The reference's BOS quirk applies to this dataset's batches (stage-2 data under the faithful preset)."""
 
     def load(self, index: int, train: bool, generator: torch.Generator) -> MultimodalSample:
         """Sample `index`; all randomness (frames, segments, templates, caption choice) comes from `generator`.
@@ -215,16 +193,11 @@ def python_rng(generator: torch.Generator) -> random.Random:
 # ----------------------------------------------------------------------------------------------- media
 
 
-def block_length(modality: Modality, media: Tensor) -> int:
-    """Frames or segments of one media block (1 for an image), the `n` of `DataContext.query_tokens`."""
-    return 1 if modality == "image" else media.shape[0]
-
-
 def resolve_media(modality: Modality, root: Path, media_id: str) -> Path:
     """The file (or frame folder) of `media_id`: `root/id`, then `root/id` + each of `MEDIA_SUFFIXES[modality]`.
 
     Unlike the reference, suffix retries change only the end of the name (its `replace('.wav', '.mp3')` rewrote
-    the whole path, spec 7.3), and ids of images that end in `.jpg` also try `.JPEG` (ImageNet's spelling).
+    the whole path, §7.3), and ids of images that end in `.jpg` also try `.JPEG` (ImageNet's spelling).
 
     Raises:
         MediaError: "missing", listing every path tried.
@@ -239,57 +212,90 @@ def resolve_media(modality: Modality, root: Path, media_id: str) -> Path:
     raise MediaError("missing", root / media_id, "tried " + ", ".join(str(c) for c in candidates))
 
 
+class Processor(Protocol):
+    """A registered media processor: one call signature, and the shape of what it returns."""
+
+    block_shape: tuple[int, ...]
+
+    def __call__(self, source: Any, train: bool, generator: torch.Generator | None) -> Tensor: ...
+
+
+class FeatureReader(Protocol):
+    """Reads a medium's cached encoder features (`chatbridge.data.feature_cache.FeatureCache`)."""
+
+    def read(self, media_path: Path) -> Tensor: ...
+
+
 class MediaLoader:
     """Loads the media of one sample for every modality of a dataset, from one shared id.
 
     A (video, audio) dataset loads `video_root/id` and `audio_root/id(.wav)`: a video with its background audio.
+    Modalities with a feature cache attached (`with_feature_caches`) are read from it instead of being decoded.
 
     Args:
         roots: modality -> media folder, in placeholder order.
         processors: modality -> processor built from the dataset's `ProcessorConfig`.
+        soft_tokens: modality -> soft tokens one medium of it becomes.
+        feature_caches: modality -> reader of cached encoder features.
     """
 
-    def __init__(self, roots: Mapping[Modality, Path], processors: Mapping[Modality, Callable[..., Tensor]]) -> None:
+    def __init__(
+        self,
+        roots: Mapping[Modality, Path],
+        processors: Mapping[Modality, Processor],
+        soft_tokens: Mapping[Modality, int],
+        feature_caches: Mapping[Modality, FeatureReader] | None = None,
+    ) -> None:
         if list(roots) != list(processors):
             raise ValueError(f"roots {list(roots)} and processors {list(processors)} must list the same modalities")
         self.roots = dict(roots)
         self.processors = dict(processors)
+        self.soft_tokens = dict(soft_tokens)
+        self.feature_caches = dict(feature_caches or {})
 
     @property
     def modalities(self) -> tuple[Modality, ...]:
         """The modalities of every sample, in placeholder order."""
         return tuple(self.roots)
 
-    def load(self, media_id: str, train: bool, generator: torch.Generator) -> list[tuple[Modality, Tensor]]:
-        """One tensor per modality, in placeholder order.
+    def with_feature_caches(self, caches: Mapping[Modality, FeatureReader]) -> MediaLoader:
+        """The same loader, reading `caches`' modalities from their feature caches."""
+        return MediaLoader(self.roots, self.processors, self.soft_tokens, caches)
+
+    def load(self, media_id: str, train: bool, generator: torch.Generator) -> list[Medium]:
+        """One medium per modality, in placeholder order.
 
         Raises:
-            MediaError: a file is missing or unusable.
+            MediaError: a file is missing or unusable (or has no cache entry).
         """
         media = []
         for modality, root in self.roots.items():
             path = resolve_media(modality, root, media_id)
-            media.append((modality, run_processor(modality, self.processors[modality], path, train, generator)))
+            if modality in self.feature_caches:
+                media.append(Medium(modality, self.feature_caches[modality].read(path), cached=True))
+            else:
+                media.append(Medium(modality, self.processors[modality](path, train, generator)))
         return media
 
-
-def run_processor(
-    modality: Modality, processor: Callable[..., Tensor], media: Any, train: bool, generator: torch.Generator
-) -> Tensor:
-    """Calls a processor with its signature: images take `(media, generator)`, video and audio `(media, train,
-    generator)` (image augmentation is a fixed processor setting, not a train/eval switch)."""
-    if modality == "image":
-        return processor(media, generator)
-    return processor(media, train, generator)
+    def soft_tokens_of(self, media: Sequence[Medium]) -> list[int]:
+        """Soft-token slots each of `media` needs."""
+        return [self.soft_tokens[medium.modality] for medium in media]
 
 
-def build_processors(cfg: DatasetConfig, faithful: FaithfulConfig) -> dict[Modality, Callable[..., Tensor]]:
-    """One processor per modality of `cfg`, built once through the PROCESSORS registry."""
-    processors = {}
-    for modality in cfg.modalities:
-        builder = PROCESSORS.get(PROCESSOR_NAMES[modality])
-        processors[modality] = builder(cfg.processor, faithful) if modality == "audio" else builder(cfg.processor)
-    return processors
+def build_processor(modality: Modality, cfg: ProcessorConfig) -> Processor:
+    """The registered processor `cfg` names for `modality` (the routed encoder's choice unless set)."""
+    name = getattr(cfg, f"{modality}_processor")
+    if name is None:
+        raise ValueError(
+            f"processor.{modality}_processor is unset: route {modality!r} to an encoder in model.routes, "
+            "or name a processor"
+        )
+    return PROCESSORS.get(name)(cfg)
+
+
+def soft_token_counts(model: ModelConfig, processors: Mapping[Modality, Processor]) -> dict[Modality, int]:
+    """Soft tokens per medium of each modality, from the config alone (no model is built)."""
+    return {modality: model.soft_tokens(modality, processor.block_shape) for modality, processor in processors.items()}
 
 
 def check_modalities(name: str, modalities: Sequence[str]) -> tuple[Modality, ...]:
@@ -302,7 +308,7 @@ def check_modalities(name: str, modalities: Sequence[str]) -> tuple[Modality, ..
     return tuple(modalities)
 
 
-def build_media_loader(name: str, cfg: DatasetConfig, faithful: FaithfulConfig) -> MediaLoader:
+def build_media_loader(name: str, cfg: DatasetConfig, model: ModelConfig) -> MediaLoader:
     """The media loader of a JSON dataset; raises ValueError naming the dataset if a modality has no folder."""
     roots = {}
     for modality in check_modalities(name, cfg.modalities):
@@ -310,7 +316,8 @@ def build_media_loader(name: str, cfg: DatasetConfig, faithful: FaithfulConfig) 
         if root is None:
             raise ValueError(f"dataset {name}: {ROOT_FIELDS[modality]} is required for {modality} media")
         roots[modality] = Path(root)
-    return MediaLoader(roots, build_processors(cfg, faithful))
+    processors = {modality: build_processor(modality, cfg.processor) for modality in roots}
+    return MediaLoader(roots, processors, soft_token_counts(model, processors))
 
 
 # ----------------------------------------------------------------------------------------------- skip accounting

@@ -1,8 +1,10 @@
-"""Stage-1 caption datasets (spec 2.2, 4.3): a VALOR caption list + one media folder -> `[queries] caption\\n`.
+"""Stage-1 caption datasets: a VALOR caption list + one media folder -> `[soft tokens] caption\\n`.
+
+See docs/reference/chatbridge.md §2.2 and §4.3.
 
 Each row is `{"video_id": id, "desc" | "caption": str or [str, ...]}`. A list of captions is a set of equally valid
 references: training picks one with the sample's generator, evaluation takes the first (the reference crashed on
-lists, spec 7.6). The text is VALOR-normalised and closed by "\\n" (`templates.render_caption`); there is no
+lists, §7.6). The text is VALOR-normalised and closed by "\\n" (`templates.render_caption`); there is no
 instruction in stage 1.
 
 One modality per dataset, as in the reference, where a stage-1 batch never mixed modalities. Image and video
@@ -16,16 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from transformers import PreTrainedTokenizer
 
 from chatbridge.config import DatasetConfig, Modality
-from chatbridge.data.collate import EncodedSample, encode_stage1
 from chatbridge.data.datasets.base import (
     DataContext,
     MediaLoader,
-    MultimodalSample,
     RowError,
-    block_length,
     build_media_loader,
     parse_rows,
     pick_index,
@@ -33,7 +32,9 @@ from chatbridge.data.datasets.base import (
     row_media_id,
     text_choices,
 )
+from chatbridge.data.sample import MultimodalSample
 from chatbridge.data.templates import render_caption
+from chatbridge.data.tokenize import EncodedSample, encode_stage1
 from chatbridge.registry import DATASETS
 
 CAPTION_KEYS = ("caption", "desc")
@@ -62,13 +63,11 @@ def parse_caption_row(row: Any) -> CaptionRow:
     return CaptionRow(media_id, row_captions(row))
 
 
-def encode_caption(caption: str, media: list[tuple[Modality, Tensor]], context: DataContext) -> EncodedSample:
-    """`[queries] caption\\n` for the one media block of a stage-1 sample (shared by the JSON and shard sources)."""
-    modality, tensor = media[0]
-    num_queries = context.query_tokens(modality, block_length(modality, tensor))
-    return encode_stage1(
-        render_caption(caption), context.tokenizer, num_query_tokens=num_queries, max_txt_len=context.max_txt_len
-    )
+def encode_caption(
+    caption: str, num_soft_tokens: int, tokenizer: PreTrainedTokenizer, max_txt_len: int
+) -> EncodedSample:
+    """`[soft tokens] caption\\n` for the one medium of a stage-1 sample (shared by the JSON and shard sources)."""
+    return encode_stage1(render_caption(caption), tokenizer, num_soft_tokens, max_txt_len)
 
 
 class CaptionSource:
@@ -93,8 +92,10 @@ class CaptionSource:
         self.name = name
         self.rows = list(rows)
         self.media = media
-        self.context = context
+        # Plain values only (not the model config), so that a data worker unpickles the source without the models.
+        self.tokenizer, self.max_txt_len = context.tokenizer, context.model.max_txt_len
         self.bad_rows = dict(bad_rows or {})
+        self.bos_mask_on_padded_rows = False  # stage 1 of the reference padded on the right: BOS always attended
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -112,7 +113,8 @@ class CaptionSource:
         row = self.rows[index]
         caption = row.captions[pick_index(len(row.captions), train, generator)]
         media = self.media.load(row.media_id, train, generator)
-        return MultimodalSample(encode_caption(caption, media, self.context), media, self.name, index)
+        encoded = encode_caption(caption, self.media.soft_tokens_of(media)[0], self.tokenizer, self.max_txt_len)
+        return MultimodalSample(encoded, media, self.name, index)
 
 
 def single_modality(name: str, cfg: DatasetConfig) -> Modality:
@@ -130,7 +132,7 @@ def build_caption_json(name: str, cfg: DatasetConfig, context: DataContext) -> C
     single_modality(name, cfg)
     if cfg.annotations is None:
         raise ValueError(f"dataset {name}: annotations (the caption JSON) is required")
-    media = build_media_loader(name, cfg, context.faithful)
+    media = build_media_loader(name, cfg, context.model)
     rows, bad_rows = parse_rows(
         cfg.annotations, read_annotation_list(cfg.annotations), parse_caption_row, cfg.skip_bad_rows
     )

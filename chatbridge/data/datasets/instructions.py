@@ -1,4 +1,6 @@
-"""Stage-2 MULTIS datasets (spec 2.3.1, 4.4): annotation rows -> `###Human: ... ###Assistant:...` conversations.
+"""Stage-2 MULTIS datasets: annotation rows -> `###Human: ... ###Assistant:...` conversations.
+
+See docs/reference/chatbridge.md §2.3.1 and §4.4.
 
 Rows carry a media id (`video_id`, else `image_id`) and the fields of their task:
 
@@ -29,13 +31,10 @@ from typing import Any, get_args
 import torch
 
 from chatbridge.config import DatasetConfig, Modality, Task
-from chatbridge.data.collate import encode_conversation
 from chatbridge.data.datasets.base import (
     DataContext,
     MediaLoader,
-    MultimodalSample,
     RowError,
-    block_length,
     build_media_loader,
     parse_rows,
     pick_index,
@@ -45,6 +44,7 @@ from chatbridge.data.datasets.base import (
     text_choices,
 )
 from chatbridge.data.datasets.captions import row_captions
+from chatbridge.data.sample import MultimodalSample
 from chatbridge.data.templates import (
     MEDIA_PREFIXES,
     QUESTION_PLACEHOLDER,
@@ -54,6 +54,7 @@ from chatbridge.data.templates import (
     render_single_turn,
     sample_instruction,
 )
+from chatbridge.data.tokenize import encode_conversation
 from chatbridge.registry import DATASETS
 
 MODALITY_CODES: dict[tuple[Modality, ...], str] = {
@@ -162,8 +163,10 @@ class InstructionSource:
         self.task = task
         self.media = media
         self.templates = templates
-        self.context = context
+        # Plain values only (not the model config), so that a data worker unpickles the source without the models.
+        self.tokenizer, self.max_txt_len = context.tokenizer, context.model.max_txt_len
         self.bad_rows = dict(bad_rows or {})
+        self.bos_mask_on_padded_rows = context.model.faithful.bos_mask_on_padded_rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -173,7 +176,7 @@ class InstructionSource:
         return self.rows[index].media_id
 
     def render(self, index: int, train: bool, generator: torch.Generator) -> str:
-        """The conversation text of row `index`, with one `<query>` per modality (spec 2.3.1)."""
+        """The conversation text of row `index`, with one `<query>` per modality (§2.3.1)."""
         row, modalities = self.rows[index], self.media.modalities
         if self.task == "det" or self.task == "rea":
             return render_first_exchange(modalities, row.conversation)
@@ -194,8 +197,8 @@ class InstructionSource:
         """
         text = self.render(index, train, generator)
         media = self.media.load(self.rows[index].media_id, train, generator)
-        query_tokens = [self.context.query_tokens(modality, block_length(modality, t)) for modality, t in media]
-        encoded = encode_conversation(text, self.context.tokenizer, query_tokens, self.context.max_txt_len)
+        soft_tokens = self.media.soft_tokens_of(media)
+        encoded = encode_conversation(text, self.tokenizer, soft_tokens, self.max_txt_len)
         return MultimodalSample(encoded=encoded, media=media, source=self.name, index=index)
 
 
@@ -229,7 +232,7 @@ def build_multis_json(name: str, cfg: DatasetConfig, context: DataContext) -> In
     """A MULTIS annotation file (`cfg.annotations`) of task `cfg.task` over the folders of `cfg.modalities`."""
     if cfg.task not in get_args(Task):
         raise ValueError(f"dataset {name}: unknown task {cfg.task!r}; known: {list(get_args(Task))}")
-    media = build_media_loader(name, cfg, context.faithful)
+    media = build_media_loader(name, cfg, context.model)
     if media.modalities not in MODALITY_CODES or media.modalities not in MEDIA_PREFIXES:
         raise ValueError(
             f"dataset {name}: no stage-2 template for modalities {list(media.modalities)}; "

@@ -20,9 +20,10 @@ Shard layout, one sample per tar key (webdataset convention: key = member name u
     <key>.f0000.jpg ... video given as a frame folder: its frame files in name order, renumbered f0000, f0001, ...
     <key>.mp4|...       video given as a file: its bytes
 
-Keys are running numbers (`00000000`, `00000001`, ...) across all shards of one `write_shards` call, because media
-ids such as `img_0001.png` contain dots and webdataset would cut them. Audio and video files are decoded from a
-temporary file (libsndfile and decord want paths); images and frames are decoded from memory.
+Keys are running numbers (`00000000`, `00000001`, ...) across all shards of one `write_shards` call
+(`chatbridge/data/shard_writer.py`), because media ids such as `img_0001.png` contain dots and webdataset would cut
+them. Every member is handed to the modality's processor as an in-memory stream; the processors read streams as
+they read files, so shards and folders go through exactly the same preprocessing.
 
 Bad shards: an unreadable shard (not a tar) contributes no samples; in a truncated or partly corrupt shard the
 samples whose members run past the readable data, and the last sample before a missing end-of-archive marker, are
@@ -37,9 +38,7 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -47,35 +46,27 @@ from typing import Any
 
 import braceexpand
 import torch
-import webdataset
-from PIL import Image
 from torch import Tensor
 
-from chatbridge.config import DatasetConfig, FaithfulConfig, Modality, ProcessorConfig
+from chatbridge.config import DatasetConfig, Modality
 from chatbridge.data.datasets.base import (
     DataContext,
-    MultimodalSample,
+    Processor,
     RowError,
-    build_processors,
-    format_counts,
+    build_processor,
     pick_index,
-    read_annotation_list,
-    resolve_media,
-    run_processor,
+    soft_token_counts,
     text_choices,
 )
-from chatbridge.data.datasets.captions import encode_caption, parse_caption_row, single_modality
+from chatbridge.data.datasets.captions import encode_caption, single_modality
 from chatbridge.data.processors.errors import MediaError, decoding
-from chatbridge.data.processors.image import pil_to_tensor
-from chatbridge.data.processors.video import VideoProcessor, list_frame_files, select_frame_indices
+from chatbridge.data.sample import Medium, MultimodalSample
 from chatbridge.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
-SHARD_PATTERN = "shard-{:06d}.tar"
 INDEX_SUFFIX = ".index.json"
 INDEX_VERSION = 1
-KEY_DIGITS = 8
 MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's `base_plus_ext`: (key, extension) of a member name."""
 FRAME_MEMBER = re.compile(r"^f(\d+)\.(jpg|jpeg|png|bmp|webp)$")
@@ -87,75 +78,6 @@ TAR_END_BYTES = 1024
 
 Members = dict[str, tuple[int, int]]
 """Extension -> (data offset, size) of one sample's members."""
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def media_members(modality: Modality, path: Path) -> dict[str, bytes]:
-    """The tar members (extension -> bytes) that store one media file or frame folder (see the module layout)."""
-    if modality == "video" and path.is_dir():
-        frames = list_frame_files(path)
-        return {f"f{number:04d}{frame.suffix.lower()}": frame.read_bytes() for number, frame in enumerate(frames)}
-    known = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}[modality]
-    extension = path.suffix.lower().lstrip(".")
-    # Decoders sniff the content, so an unusual suffix only needs a name the loader recognises.
-    return {extension if extension in known else known[0]: path.read_bytes()}
-
-
-def sample_members(media_id: str, caption: str | Sequence[str], media: Mapping[Modality, Path]) -> dict[str, bytes]:
-    """All members of one sample; raises ValueError if two modalities would use the same extension."""
-    members = {"json": json.dumps({"id": media_id, "caption": caption}, ensure_ascii=False).encode("utf-8")}
-    for modality, path in media.items():
-        stored = media_members(modality, Path(path))
-        if members.keys() & stored.keys():
-            raise ValueError(f"sample {media_id!r}: members {sorted(members.keys() & stored.keys())} collide")
-        members.update(stored)
-    return members
-
-
-def write_shards(
-    samples: Iterable[tuple[str, str | Sequence[str], Mapping[Modality, Path]]],
-    out_dir: str | Path,
-    max_per_shard: int = 1000,
-) -> list[Path]:
-    """Writes `(media id, caption(s), {modality: file or frame folder})` samples into webdataset tar shards.
-
-    Samples are consumed lazily (a generator that validates media works). Each shard is written to a temporary
-    name and renamed when complete, with member times fixed at 0, so equal input gives byte-identical shards.
-
-    Returns:
-        The shard paths `out_dir/shard-000000.tar`, ... in order.
-
-    Raises:
-        FileExistsError: `out_dir` already holds shards (mixing two packings would duplicate samples).
-    """
-    if max_per_shard < 1:
-        raise ValueError(f"max_per_shard must be positive, got {max_per_shard}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if any(out_dir.glob("shard-*.tar")):
-        raise FileExistsError(f"{out_dir} already holds shards; write to an empty folder")
-    shards: list[Path] = []
-    writer, partial = None, None
-    for number, (media_id, caption, media) in enumerate(samples):
-        if number % max_per_shard == 0:
-            _finish_shard(writer, partial, shards)
-            partial = out_dir / (SHARD_PATTERN.format(len(shards)) + ".tmp")
-            writer = webdataset.TarWriter(str(partial), encoder=False, mtime=0.0)
-        writer.write({"__key__": f"{number:0{KEY_DIGITS}d}", **sample_members(media_id, caption, media)})
-    _finish_shard(writer, partial, shards)
-    return shards
-
-
-def _finish_shard(writer: webdataset.TarWriter | None, partial: Path | None, shards: list[Path]) -> None:
-    """Closes the shard being written and renames it into place."""
-    if writer is None or partial is None:
-        return
-    writer.close()
-    final = partial.with_suffix("")  # drop ".tmp"
-    partial.rename(final)
-    shards.append(final)
 
 
 # ----------------------------------------------------------------------------------------------- index
@@ -274,19 +196,26 @@ def resolve_shards(spec: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def decode_image_bytes(data: bytes, label: str) -> Tensor:
-    """Image bytes -> (3, H, W) in [0, 1], exactly `processors.image.decode_image` without the file."""
-    if not data:
-        raise MediaError("empty", label, "zero bytes")
-    with decoding(label), Image.open(BytesIO(data)) as image:
-        image.load()
-        return pil_to_tensor(image)
-
-
 def frame_members(members: Members) -> list[str]:
     """Extensions of a sample's frame members, in frame order."""
     frames = [(int(match.group(1)), ext) for ext in members if (match := FRAME_MEMBER.match(ext))]
     return [ext for _, ext in sorted(frames)]
+
+
+class MemberFrames(Sequence[BytesIO]):
+    """The frame members of one sample as a sequence a video processor reads lazily: only chosen frames are read."""
+
+    def __init__(self, source: ShardSource, index: int, extensions: list[str]) -> None:
+        self.source, self.index, self.extensions = source, index, extensions
+
+    def __len__(self) -> int:
+        return len(self.extensions)
+
+    def __getitem__(self, number: int) -> BytesIO:  # type: ignore[override]
+        return BytesIO(self.source.read_member(self.index, self.extensions[number]))
+
+    def __iter__(self) -> Iterator[BytesIO]:
+        return (self[number] for number in range(len(self)))
 
 
 class ShardSource:
@@ -298,18 +227,18 @@ class ShardSource:
         samples: (shard number, key, members) per sample, in shard then tar order.
         modality: The media of every sample.
         processor: The modality's processor (built from the dataset's `ProcessorConfig`).
-        context: Tokenizer, query-slot counts and length limit.
+        context: Tokenizer and model config.
         dropped: Shard name -> samples dropped by the index builder, for every damaged shard.
         problems: Shard name -> what was wrong with it.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the index, the processor and the damage report
         self,
         name: str,
         shards: Sequence[Path],
         samples: Sequence[tuple[int, str, Members]],
         modality: Modality,
-        processor: Any,
+        processor: Processor,
         context: DataContext,
         dropped: dict[str, int] | None = None,
         problems: dict[str, str] | None = None,
@@ -319,9 +248,11 @@ class ShardSource:
         self.samples = list(samples)
         self.modality = modality
         self.processor = processor
-        self.context = context
+        self.tokenizer, self.max_txt_len = context.tokenizer, context.model.max_txt_len  # plain values, as captions
+        self.soft_tokens = soft_token_counts(context.model, {modality: processor})[modality]
         self.dropped = dict(dropped or {})
         self.problems = dict(problems or {})
+        self.bos_mask_on_padded_rows = False  # stage-1 data, as `CaptionSource`
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -363,45 +294,30 @@ class ShardSource:
         except RowError as error:
             raise MediaError("undecodable", self.label(index, "json"), str(error)) from error
         caption = captions[pick_index(len(captions), train, generator)]
-        media = [(self.modality, self.decode_media(index, train, generator))]
-        return MultimodalSample(encode_caption(caption, media, self.context), media, self.name, index)
+        media = [Medium(self.modality, self.decode_media(index, train, generator))]
+        encoded = encode_caption(caption, self.soft_tokens, self.tokenizer, self.max_txt_len)
+        return MultimodalSample(encoded, media, self.name, index)
 
     def decode_media(self, index: int, train: bool, generator: torch.Generator) -> Tensor:
         """The processed media tensor of sample `index` (see the module docstring for the member layout)."""
         members = self.samples[index][2]
-        if self.modality == "video" and (frames := frame_members(members)):
-            return self.decode_frames(index, frames, train, generator)
-        known = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}[self.modality]
-        extension = next((ext for ext in known if ext in members), None)
-        if extension is None:
-            raise MediaError("missing", self.label(index, "*"), f"no {self.modality} member among {sorted(members)}")
-        data = self.read_member(index, extension)
-        if self.modality == "image":
-            pixels = decode_image_bytes(data, self.label(index, extension))
-            return self.processor.transform([pixels], generator)[0]
-        return self.decode_via_file(data, index, extension, train, generator)
-
-    def decode_frames(self, index: int, frames: list[str], train: bool, generator: torch.Generator) -> Tensor:
-        """Frame members -> (n, 3, S, S), choosing frames exactly as `VideoProcessor` does for a frame folder."""
-        processor: VideoProcessor = self.processor
-        chosen = select_frame_indices(len(frames), processor.num_frames, processor.sampling_mode(train), generator)
-        decoded = {
-            number: decode_image_bytes(self.read_member(index, frames[number]), self.label(index, frames[number]))
-            for number in dict.fromkeys(chosen)
-        }
-        return processor.image_processor.transform([decoded[number] for number in chosen], generator)
-
-    def decode_via_file(
-        self, data: bytes, index: int, extension: str, train: bool, generator: torch.Generator
-    ) -> Tensor:
-        """Audio and video files go through their processor from a temporary file; errors name the member."""
-        with tempfile.TemporaryDirectory(prefix="chatbridge-shard-") as folder:
-            path = Path(folder) / f"media.{extension}"
-            path.write_bytes(data)
-            try:
-                return run_processor(self.modality, self.processor, path, train, generator)
-            except MediaError as error:
-                raise MediaError(error.reason, self.label(index, extension), error.detail) from error
+        frames = frame_members(members) if self.modality == "video" else []
+        if frames:
+            source: Any = MemberFrames(self, index, frames)
+            label = self.label(index, "f*")
+        else:
+            known = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}[self.modality]
+            extension = next((ext for ext in known if ext in members), None)
+            if extension is None:
+                found = sorted(members)
+                raise MediaError("missing", self.label(index, "*"), f"no {self.modality} member among {found}")
+            source, label = BytesIO(self.read_member(index, extension)), self.label(index, extension)
+            if not source.getbuffer().nbytes:
+                raise MediaError("empty", label, "zero bytes")
+        try:
+            return self.processor(source, train, generator)
+        except MediaError as error:  # the processor saw a stream; name the member
+            raise MediaError(error.reason, label, error.detail) from error
 
 
 @dataclass
@@ -434,82 +350,5 @@ def build_caption_shards(name: str, cfg: DatasetConfig, context: DataContext) ->
         raise ValueError(f"dataset {name}: annotations (a shard folder or brace pattern) is required")
     shards = resolve_shards(cfg.annotations)
     found = index_shards(name, shards)
-    processor = build_processors(cfg, context.faithful)[modality]
+    processor = build_processor(modality, cfg.processor)
     return ShardSource(name, shards, found.samples, modality, processor, context, found.dropped, found.problems)
-
-
-# ----------------------------------------------------------------------------------------------- packing
-
-
-@dataclass
-class PackReport:
-    """What `pack_caption_shards` did.
-
-    Attributes:
-        shards: Shards written.
-        written: Samples written.
-        skipped: Reason -> samples left out (media error reasons, or `bad row (<problem>)`).
-        first_skipped: (id or row, reason) of the first few samples left out.
-    """
-
-    shards: list[Path] = field(default_factory=list)
-    written: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    first_skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def skip(self, what: str, reason: str, max_examples: int = 5) -> None:
-        """Records one left-out sample."""
-        self.skipped[reason] += 1
-        if len(self.first_skipped) < max_examples:
-            self.first_skipped.append((what, reason))
-
-    def format(self) -> str:
-        """A human-readable summary."""
-        folder = self.shards[0].parent if self.shards else "-"
-        lines = [f"written: {self.written} samples in {len(self.shards)} shards ({folder})"]
-        reasons = f" ({format_counts(self.skipped)})" if self.skipped else ""
-        lines.append(f"skipped: {sum(self.skipped.values())}{reasons}")
-        if self.first_skipped:
-            lines.append("first skipped: " + ", ".join(f"{what} ({reason})" for what, reason in self.first_skipped))
-        return "\n".join(lines)
-
-
-def valid_samples(
-    rows: Sequence[Any], media_root: Path, modality: Modality, processor: Any, report: PackReport
-) -> Iterable[tuple[str, str | list[str], dict[Modality, Path]]]:
-    """Rows whose media the real processor accepts (evaluation mode), as `write_shards` input; others go to
-    `report`. A frame folder is checked on the frames evaluation picks, not on every frame."""
-    generator = torch.Generator().manual_seed(0)
-    for number, row in enumerate(rows):
-        try:
-            parsed = parse_caption_row(row)
-        except RowError as error:
-            report.skip(f"row {number}", f"bad row ({error.kind})")
-            continue
-        try:
-            path = resolve_media(modality, media_root, parsed.media_id)
-            run_processor(modality, processor, path, False, generator)
-        except MediaError as error:
-            report.skip(parsed.media_id, error.reason)
-            continue
-        report.written += 1
-        captions = parsed.captions
-        yield parsed.media_id, captions[0] if len(captions) == 1 else list(captions), {modality: path}
-
-
-def pack_caption_shards(
-    annotations: str | Path,
-    media_root: str | Path,
-    modality: Modality,
-    out_dir: str | Path,
-    max_per_shard: int = 1000,
-    processor: ProcessorConfig | None = None,
-) -> PackReport:
-    """Packs a stage-1 caption file and its media folder into shards, leaving out and counting bad rows and media."""
-    cfg = DatasetConfig(modalities=[modality], processor=processor or ProcessorConfig())
-    media_processor = build_processors(cfg, FaithfulConfig())[modality]
-    report = PackReport()
-    rows = read_annotation_list(annotations)
-    samples = valid_samples(rows, Path(media_root), modality, media_processor, report)
-    report.shards = write_shards(samples, out_dir, max_per_shard)
-    return report

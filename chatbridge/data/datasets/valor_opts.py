@@ -1,8 +1,8 @@
-"""The authors' VALOR-style data-opts JSON (spec 4.1) -> our `DatasetConfig`s, read as is.
+"""The authors' VALOR-style data-opts JSON (docs/reference/chatbridge.md §4.1) -> our `DatasetConfig`s, as is.
 
 This is the only place that parses the reference's task codes (`ti`, `tva-conv`, ...): at the file boundary they
 become an explicit `modalities` list, a `task` and a `builder`, and nothing downstream ever tests substrings of a
-task name (spec 7.8).
+task name (§7.8).
 
 Conversion rules (each a choice where the reference's semantics do not map one to one):
 
@@ -22,10 +22,11 @@ Conversion rules (each a choice where the reference's semantics do not map one t
 * `video_resolution` -> `image_size`; `video_encoder_type` starting with `clip`/`evaclip` (or absent) keeps the
   CLIP mean/std, anything else uses ImageNet's; `video_transforms: crop_flip` -> `augment`;
   `video_sample_num` -> `num_frames` (video only); `audio_sample_num` -> `num_audio_segments` (audio only);
-  `audio_melbins`, `audio_target_length` -> `num_mel_bins`, `target_length`. Absent fields keep the dataclass
-  defaults. `data_format` is accepted but not needed: media ids resolve to frame folders or video files alike.
-  `n_workers`, `gradient_accumulation_steps` and `dataset_mix_type` belong to the run, not to a dataset.
-* Unsupported settings raise: `zh: true` (broken in the reference, spec 2.3.1) and AST audio front ends.
+  `audio_melbins`, `audio_target_length` -> `num_mel_bins`, `target_length`. Absent fields are filled from the
+  routed encoders like any dataset's (a value that contradicts an encoder is an error). `data_format` is
+  accepted but not needed: media ids resolve to frame folders or video files alike. `n_workers`,
+  `gradient_accumulation_steps` and `dataset_mix_type` belong to the run, not to a dataset.
+* Unsupported settings raise: `zh: true` (broken in the reference, §2.3.1) and AST audio front ends.
 * Relative paths resolve against the JSON's folder. Prompted tasks (cap, qa, ocr) get `prompts`: the file passed
   in, else `task_prompt.json` next to the opts file if there is one.
 """
@@ -128,7 +129,7 @@ def check_top_level(opts: Any, path: Path) -> list[dict[str, Any]]:
     if not isinstance(opts, dict) or not isinstance(opts.get("data_cfg", {}).get("train"), list):
         raise ValueError(f"{path}: expected an object with data_cfg.train (a list of loader groups)")
     if opts.get("zh"):
-        raise ValueError(f"{path}: zh mode is not supported (it never produced supervised tokens, spec 2.3.1)")
+        raise ValueError(f"{path}: zh mode is not supported (it never produced supervised tokens, §2.3.1)")
     audio_encoder = opts.get("audio_encoder_type", "beat")
     if audio_encoder != "beat":
         raise ValueError(f"{path}: audio_encoder_type {audio_encoder!r} is not supported; only 'beat' (BEATs fbank)")

@@ -1,10 +1,10 @@
 """Audio preprocessing: an audio file, or a video's audio track -> (n, target_length, F) BEATs fbank segments.
 
-The recipe is the reference's (spec 1.4): decode -> channel 0 -> resample to 16 kHz -> Kaldi fbank (64 bins for
-the released weights) -> BEATs normalisation -> zero-pad and slice into 1024-frame segments, one random segment per
-group in training and the middle one at evaluation. The tensor maths lives in `fbank.py`; this module owns
-decoding and bad-input handling. Unlike the reference, a missing or broken file raises `MediaError` instead of
-silently becoming an all-zero spectrogram (spec 7.3).
+The recipe is the reference's (docs/reference/chatbridge.md §1.4): decode -> channel 0 -> resample to 16 kHz ->
+Kaldi fbank (64 bins for the released weights) -> BEATs normalisation -> zero-pad and slice into 1024-frame
+segments, one random segment per group in training and the middle one at evaluation. The tensor maths lives in
+`fbank.py`; this module owns decoding and bad-input handling. Unlike the reference, a missing or broken file raises
+`MediaError` instead of silently becoming an all-zero spectrogram (§7.3).
 
 Decoding: libsndfile (via soundfile) reads WAV, FLAC, OGG and MP3 (libsndfile >= 1.1) at their native rate and
 the shared sinc resampler brings them to `sample_rate`. Anything libsndfile rejects (MP4, MKV, M4A...) goes to
@@ -14,14 +14,16 @@ FFmpeg through decord's `AudioReader`, which cannot report a file's native rate,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import decord
 import soundfile
 import torch
 
-from chatbridge.config import FaithfulConfig, ProcessorConfig
-from chatbridge.data.processors.errors import MediaError, decoding, require_file
+from chatbridge.config import ProcessorConfig
+from chatbridge.data.processors.errors import MediaError, decoding, require_file, require_setting
 from chatbridge.data.processors.fbank import normalize_fbank, resample, segment_fbank, waveform_to_fbank
 from chatbridge.registry import PROCESSORS
 
@@ -29,9 +31,11 @@ FBANK_WINDOW_MS = 25
 """Kaldi window of `waveform_to_fbank`; a clip shorter than one window has no fbank frame at all."""
 DECORD_NO_AUDIO = "Can't find audio stream"
 """decord's message for a video without an audio track (pinned by a test, as decord has no typed error)."""
+AudioSource = str | os.PathLike | BinaryIO
+"""An audio (or video) file, or an open binary stream of one."""
 
 
-def decode_audio(path: Path, sample_rate: int) -> tuple[torch.Tensor, int]:
+def decode_audio(path: Path | BinaryIO, sample_rate: int) -> tuple[torch.Tensor, int]:
     """Decodes every channel of `path` -> ((C, S) float32 in [-1, 1], its sample rate).
 
     Raises:
@@ -42,9 +46,13 @@ def decode_audio(path: Path, sample_rate: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(samples.T.copy()), file_rate
     except soundfile.SoundFileError:
         pass  # not a format libsndfile reads (or corrupt): FFmpeg gets a chance, and reports the failure
+    if hasattr(path, "seek"):
+        path.seek(0)
     with decoding(path):
         try:
-            reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=False)
+            reader = decord.AudioReader(
+                str(path) if isinstance(path, Path) else path, sample_rate=sample_rate, mono=False
+            )
         except decord.DECORDError as error:
             if DECORD_NO_AUDIO in str(error):
                 raise MediaError("empty", path, "no audio track") from error
@@ -66,15 +74,15 @@ class AudioProcessor:
         fbank_std: Normalisation std (divided by 2 * std, as BEATs does).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the recipe's settings, one argument each
         self,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 64,
-        target_length: int = 1024,
-        num_segments: int = 1,
-        extra_segment_on_exact_multiple: bool = True,
-        fbank_mean: float = 15.41663,
-        fbank_std: float = 6.55582,
+        sample_rate: int,
+        num_mel_bins: int,
+        target_length: int,
+        num_segments: int,
+        extra_segment_on_exact_multiple: bool,
+        fbank_mean: float,
+        fbank_std: float,
     ) -> None:
         if min(sample_rate, num_mel_bins, target_length, num_segments) < 1:
             raise ValueError(
@@ -89,8 +97,13 @@ class AudioProcessor:
         self.fbank_mean = fbank_mean
         self.fbank_std = fbank_std
 
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of one output: (n, target_length, num_mel_bins)."""
+        return (self.num_segments, self.target_length, self.num_mel_bins)
+
     def __call__(
-        self, audio: str | Path, train: bool = False, generator: torch.Generator | None = None
+        self, audio: AudioSource, train: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Decodes and featurises `audio`; `train` picks random segments, which needs `generator`.
 
@@ -111,9 +124,9 @@ class AudioProcessor:
             self.extra_segment_on_exact_multiple,
         )
 
-    def load_waveform(self, audio: str | Path) -> torch.Tensor:
+    def load_waveform(self, audio: AudioSource) -> torch.Tensor:
         """Decodes channel 0 of `audio` at `sample_rate` -> (1, S), rejecting input that has no fbank frame."""
-        path = require_file(audio)
+        path = require_file(audio) if isinstance(audio, str | os.PathLike) else audio
         waveform, file_rate = decode_audio(path, self.sample_rate)
         if waveform.numel() == 0:
             raise MediaError("empty", path, "no audio samples")
@@ -128,15 +141,14 @@ class AudioProcessor:
 
 
 @PROCESSORS.register("beats_fbank")
-def build_beats_fbank(cfg: ProcessorConfig, faithful: FaithfulConfig | None = None) -> AudioProcessor:
-    """BEATs fbank segments; the padding quirk comes from the model's `faithful` section (its defaults if None)."""
-    faithful = faithful if faithful is not None else FaithfulConfig()
+def build_beats_fbank(cfg: ProcessorConfig) -> AudioProcessor:
+    """BEATs fbank segments at the encoder's rate, bins and statistics."""
     return AudioProcessor(
-        sample_rate=cfg.sample_rate,
-        num_mel_bins=cfg.num_mel_bins,
+        sample_rate=require_setting(cfg, "sample_rate"),
+        num_mel_bins=require_setting(cfg, "num_mel_bins"),
         target_length=cfg.target_length,
         num_segments=cfg.num_audio_segments,
-        extra_segment_on_exact_multiple=faithful.extra_segment_on_exact_multiple,
-        fbank_mean=cfg.fbank_mean,
-        fbank_std=cfg.fbank_std,
+        extra_segment_on_exact_multiple=cfg.extra_segment_on_exact_multiple,
+        fbank_mean=require_setting(cfg, "fbank_mean"),
+        fbank_std=require_setting(cfg, "fbank_std"),
     )

@@ -1,8 +1,8 @@
 """The one exception media processors raise for bad input, with a machine-readable reason.
 
 The reference silently turned missing audio into all-zero spectrograms and re-sampled on any decoding exception
-(spec 1.4, 7.3). Here a bad file always raises `MediaError`, and its `reason` lets a dataset decide what to do
-(skip, count, fail) without parsing messages or catching decoder-specific exception types.
+(docs/reference/chatbridge.md §1.4, §7.3). Here a bad file always raises `MediaError`, and its `reason` lets a dataset
+decide what to do (skip, count, fail) without parsing messages or catching decoder-specific exception types.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 MediaErrorReason = Literal["missing", "empty", "undecodable", "too_short", "non_finite"]
 """missing: no such file or folder; empty: zero bytes, zero frames or zero samples (also: a video with no audio
@@ -57,8 +57,23 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
+def require_setting(cfg: Any, key: str) -> Any:
+    """A `ProcessorConfig` field an encoder must supply; unset means the config was not resolved against a model.
+
+    Raises:
+        ValueError: naming the field and how it is normally filled.
+    """
+    value = getattr(cfg, key)
+    if value is None:
+        raise ValueError(
+            f"processor.{key} is unset: it comes from the routed encoder's `preprocessing` when the config is "
+            "loaded with a model section (chatbridge.config.resolve_processor), or set it explicitly"
+        )
+    return value
+
+
 @contextmanager
-def decoding(path: str | Path) -> Iterator[None]:
+def decoding(path: Any) -> Iterator[None]:
     """Turns any exception raised by a third-party decoder inside the block into MediaError("undecodable").
 
     PIL, libsndfile and decord/FFmpeg each raise their own types (OSError, SyntaxError, LibsndfileError,

@@ -1,6 +1,6 @@
 """The audio front end of ChatBridge as pure tensor functions: waveform -> Kaldi fbank -> normalized segments.
 
-It reproduces the reference recipe (spec 1.4, steps 2-7; VALOR's `AudioMapper` and the demo's
+It reproduces the reference recipe (docs/reference/chatbridge.md §1.4, steps 2-7; VALOR's `AudioMapper` and the demo's
 `BlipAudioEvalProcessor`) so that features match what the released weights were trained on, including two quirks:
 padded frames are zeros in *normalized* space, and a clip whose length is an exact multiple of the segment length
 gets one extra all-zero segment (`extra_segment_on_exact_multiple=True`; `False` is the fixed variant).
@@ -44,7 +44,7 @@ def waveform_to_fbank(waveform: Tensor, sample_rate: int, num_mel_bins: int) -> 
     )
 
 
-def normalize_fbank(fbank: Tensor, mean: float = 15.41663, std: float = 6.55582) -> Tensor:
+def normalize_fbank(fbank: Tensor, mean: float, std: float) -> Tensor:
     """BEATs' AudioSet normalization `(x - mean) / (2 * std)`; the factor 2 on the std is upstream's."""
     return (fbank - mean) / (std * 2)
 
@@ -102,8 +102,8 @@ def segment_fbank(
     num_segments: int,
     target_length: int,
     mode: SegmentMode,
-    generator: torch.Generator | None = None,
-    extra_segment_on_exact_multiple: bool = True,
+    generator: torch.Generator | None,
+    extra_segment_on_exact_multiple: bool,
 ) -> Tensor:
     """Zero-pad a normalized fbank, cut it into `target_length` slices and keep one slice per group.
 

@@ -1,4 +1,7 @@
-"""Image preprocessing: file -> (3, S, S) CLIP-normalised tensor, as the reference trained (spec 4.5).
+"""Image preprocessing: file -> (3, S, S) CLIP-normalised tensor, as the reference trained.
+
+See docs/reference/chatbridge.md §4.5. Every processor has one call signature, `(source, train, generator)`, and
+states the shape of what it returns (`block_shape`), which the data layer needs to reserve soft-token slots.
 
 The reference decoded with PIL, converted to a [0, 1] tensor and resized *the tensor* to a square with torchvision
 0.13, which did not antialias tensor resizes. torchvision's tensor resize is `torch.nn.functional.interpolate`
@@ -9,9 +12,10 @@ depending on torchvision's changing defaults. The aspect ratio is not kept.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,8 +23,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from chatbridge.config import ProcessorConfig
-from chatbridge.data.processors.errors import decoding, require_file
+from chatbridge.data.processors.errors import decoding, require_file, require_setting
 from chatbridge.registry import PROCESSORS
+
+ImageSource = str | os.PathLike | BinaryIO | Image.Image
+"""A file path, an open binary stream (e.g. a tar member's bytes) or an already decoded image."""
 
 AUGMENT_AREA_RANGE = (0.8, 1.0)
 """RandomResizedCrop area fraction of the reference's (unused) `crop_flip` transform; its aspect ratio is 1."""
@@ -73,15 +80,18 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
 
 
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Decodes an image file to (3, H, W) in [0, 1]; grey, palette and RGBA files become RGB.
+def decode_image(source: ImageSource) -> torch.Tensor:
+    """Decodes an image to (3, H, W) in [0, 1]; grey, palette and RGBA files become RGB.
 
     Raises:
         MediaError: "missing", "empty", or "undecodable" for anything PIL rejects (unknown format, truncated
             data, decompression bomb, plugin-specific SyntaxError/ValueError).
     """
-    path = require_file(path)
-    with decoding(path), Image.open(path) as image:
+    if isinstance(source, Image.Image):
+        return pil_to_tensor(source)
+    if isinstance(source, str | os.PathLike):
+        source = require_file(source)
+    with decoding(source), Image.open(source) as image:
         image.load()  # PIL decodes lazily; force it so that truncation surfaces here
         return pil_to_tensor(image)
 
@@ -94,16 +104,11 @@ class ImageProcessor:
         mean: Per-channel normalisation mean (3 values).
         std: Per-channel normalisation std (3 values).
         antialias: Antialiased resize; False reproduces the reference.
-        augment: Train-time RandomResizedCrop (area 0.8-1, ratio 1) + horizontal flip before the resize.
+        augment: RandomResizedCrop (area 0.8-1, ratio 1) + horizontal flip before the resize, in training only.
     """
 
     def __init__(
-        self,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        antialias: bool = False,
-        augment: bool = False,
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], antialias: bool, augment: bool
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -115,19 +120,22 @@ class ImageProcessor:
         self.antialias = antialias
         self.augment = augment
 
-    def __call__(self, image: str | Path | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A path or PIL image -> (3, S, S); `generator` drives augmentation and is required when `augment`."""
-        return self.transform([self.load(image)], generator)[0]
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of one output: (3, S, S)."""
+        return (3, self.image_size, self.image_size)
 
-    def load(self, image: str | Path | Image.Image) -> torch.Tensor:
-        """A path or PIL image -> (3, H, W) in [0, 1], not yet resized."""
-        if isinstance(image, Image.Image):
-            return pil_to_tensor(image)
-        return decode_image(image)
+    def __call__(
+        self, source: ImageSource, train: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """An image -> (3, S, S); in training with `augment`, `generator` drives the crop and is required."""
+        return self.transform([decode_image(source)], train, generator)[0]
 
-    def transform(self, frames: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    def transform(
+        self, frames: Sequence[torch.Tensor], train: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Frames, each (3, H, W) in [0, 1] -> (N, 3, S, S); one augmentation draw is shared by all frames."""
-        draw = draw_crop(generator) if self.augment else None
+        draw = draw_crop(generator) if self.augment and train else None
         resized = [self.resize(frame if draw is None else apply_crop(frame, draw)) for frame in frames]
         return (torch.stack(resized) - self.mean) / self.std
 
@@ -139,7 +147,11 @@ class ImageProcessor:
 
 @PROCESSORS.register("clip_image")
 def build_clip_image(cfg: ProcessorConfig) -> ImageProcessor:
-    """The reference's image transform: square resize, CLIP mean/std, no augmentation unless `cfg.augment`."""
+    """The reference's image transform: square resize, the encoder's mean/std, augmentation if `cfg.augment`."""
     return ImageProcessor(
-        image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, antialias=cfg.antialias, augment=cfg.augment
+        image_size=require_setting(cfg, "image_size"),
+        mean=require_setting(cfg, "mean"),
+        std=require_setting(cfg, "std"),
+        antialias=cfg.antialias,
+        augment=cfg.augment,
     )

@@ -1,21 +1,25 @@
-"""Video preprocessing: a video file or a folder of frames -> (n, 3, S, S), frames chosen as in spec 1.11.
+"""Video preprocessing: a video file or a folder of frames -> (n, 3, S, S), frames chosen as the reference did.
+
+See docs/reference/chatbridge.md §1.11.
 
 Training in the reference split the frames into `n` contiguous near-equal groups (VALOR's `split`) and took one
 random frame per group (TSN-style); evaluation took each group's middle frame; the demo took the first frame of
 each quarter (`arange(0, L, L/n)`). All three rules are pure functions here so they can be tested by hand. Every
 chosen frame then goes through the image transform (`ImageProcessor.transform`), so file and folder inputs, and
-training and evaluation, share one pixel pipeline (the reference's demo resized inside decord instead, spec 7.12).
+training and evaluation, share one pixel pipeline (the reference's demo resized inside decord instead, §7.12).
 
 Short videos: when a video has fewer than `n` frames, indices repeat (VALOR pads the frame list with its last
 frame; the uniform rule repeats by flooring), so the output always has exactly `n` frames and a 1-frame video
-gives `n` copies of that frame. Keeping `n` fixed keeps batch shapes and the perceiver's token count
+gives `n` copies of that frame. Keeping `n` fixed keeps batch shapes and the connector's token count
 (`n * 257` tokens) constant, at the cost of feeding duplicated frames.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import BinaryIO, Literal, get_args
 
 import decord
 import torch
@@ -23,13 +27,15 @@ import torch
 from chatbridge.config import ProcessorConfig
 from chatbridge.data.processors.errors import MediaError, decoding, require_file
 from chatbridge.data.processors.fbank import choose_from_groups, split_into_groups
-from chatbridge.data.processors.image import ImageProcessor, build_clip_image
+from chatbridge.data.processors.image import ImageProcessor, ImageSource, build_clip_image, decode_image
 from chatbridge.registry import PROCESSORS
 
 FrameSampling = Literal["segment_random", "segment_middle", "uniform"]
 FRAME_SAMPLINGS: tuple[str, ...] = get_args(FrameSampling)
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 """Files of a frame folder that count as frames (the reference listed everything, so a stray file broke it)."""
+VideoSource = str | os.PathLike | BinaryIO | Sequence[ImageSource]
+"""A video file or frame folder, an open video stream, or the frames in order (read only when chosen)."""
 
 
 def segment_groups(num_frames_total: int, num_segments: int) -> list[list[int]]:
@@ -100,10 +106,15 @@ class VideoProcessor:
         self.frame_sampling = frame_sampling
         self.image_processor = image_processor
 
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of one output: (n, 3, S, S)."""
+        return (self.num_frames, *self.image_processor.block_shape)
+
     def __call__(
-        self, video: str | Path, train: bool = False, generator: torch.Generator | None = None
+        self, video: VideoSource, train: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Decodes only the chosen frames of `video` (a file, or a folder of frame images) -> (n, 3, S, S).
+        """Decodes only the chosen frames of `video` -> (n, 3, S, S).
 
         `train` selects "segment_random" when no fixed `frame_sampling` is set; random frame choice and
         augmentation draw from `generator`, which they require.
@@ -111,13 +122,14 @@ class VideoProcessor:
         Raises:
             MediaError: "missing", "empty" (zero bytes, zero frames, no frame files) or "undecodable".
         """
-        path = Path(video)
         mode = self.sampling_mode(train)
-        if path.is_dir():
-            frames = self.read_frame_folder(path, mode, generator)
+        if isinstance(video, str | os.PathLike) and Path(video).is_dir():
+            frames = self.read_frames(list_frame_files(Path(video)), mode, generator)
+        elif isinstance(video, str | os.PathLike) or hasattr(video, "read"):
+            frames = self.read_video_file(video, mode, generator)
         else:
-            frames = self.read_video_file(path, mode, generator)
-        return self.image_processor.transform(frames, generator)
+            frames = self.read_frames(video, mode, generator)
+        return self.image_processor.transform(frames, train, generator)
 
     def sampling_mode(self, train: bool) -> FrameSampling:
         """The configured rule, or the reference's default for this phase."""
@@ -125,12 +137,14 @@ class VideoProcessor:
             return self.frame_sampling
         return "segment_random" if train else "segment_middle"
 
-    def read_video_file(self, path: Path, mode: FrameSampling, generator: torch.Generator | None) -> list[torch.Tensor]:
+    def read_video_file(
+        self, video: str | os.PathLike | BinaryIO, mode: FrameSampling, generator: torch.Generator | None
+    ) -> list[torch.Tensor]:
         """Chosen frames of a video file, each (3, H, W) in [0, 1]; decord seeks to them instead of decoding all."""
-        path = require_file(path)
+        path = require_file(video) if isinstance(video, str | os.PathLike) else video
         with decoding(path):
             # One thread: data-loader workers already run in parallel, decord's auto threading would oversubscribe.
-            reader = decord.VideoReader(str(path), num_threads=1)
+            reader = decord.VideoReader(str(path) if isinstance(path, Path) else path, num_threads=1)
         if len(reader) == 0:
             raise MediaError("empty", path, "no video frames")
         indices = select_frame_indices(len(reader), self.num_frames, mode, generator)
@@ -138,13 +152,14 @@ class VideoProcessor:
             pixels = torch.from_numpy(reader.get_batch(indices).asnumpy())  # (n, H, W, 3) uint8
         return list(pixels.permute(0, 3, 1, 2).float().div(255).unbind(0))
 
-    def read_frame_folder(
-        self, folder: Path, mode: FrameSampling, generator: torch.Generator | None
+    def read_frames(
+        self, frames: Sequence[ImageSource], mode: FrameSampling, generator: torch.Generator | None
     ) -> list[torch.Tensor]:
-        """Chosen frames of a frame folder, each (3, H, W) in [0, 1]; only the chosen files are opened."""
-        files = list_frame_files(folder)
-        indices = select_frame_indices(len(files), self.num_frames, mode, generator)
-        decoded = {index: self.image_processor.load(files[index]) for index in dict.fromkeys(indices)}
+        """Chosen frames of a frame sequence, each (3, H, W) in [0, 1]; only the chosen ones are read and decoded."""
+        if len(frames) == 0:
+            raise MediaError("empty", "frames", "no frames")
+        indices = select_frame_indices(len(frames), self.num_frames, mode, generator)
+        decoded = {index: decode_image(frames[index]) for index in dict.fromkeys(indices)}
         return [decoded[index] for index in indices]
 
 

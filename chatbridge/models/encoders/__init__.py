@@ -1,5 +1,5 @@
-"""Frozen towers; importing this package registers their builders."""
+"""Frozen encoders; importing this package registers their builders (one line per encoder file)."""
 
-from chatbridge.models.encoders import audio, image
+from chatbridge.models.encoders import beats, eva
 
-__all__ = ["audio", "image"]
+__all__ = ["beats", "eva"]

@@ -1,333 +1,297 @@
-"""BEATs audio transformer, hand-written: neither PyTorch, torchaudio, transformers nor timm ships it.
+"""Audio encoder: BEATs followed by `ln_audio`, plus official-checkpoint loading.
 
-This is a port of the inference path of microsoft/unilm `beats/{BEATs,backbone,modules}.py` as ChatBridge uses it
-(spec 1.5, 3.4): the model receives an already normalized fbank, never a padding mask, and has no predictor head.
-Parameter names follow the upstream state dict so that official checkpoints load strictly; the only rename is
-the positional convolution's weight norm, which uses the `torch.nn.utils.parametrizations` API
-(`parametrizations.weight.original0/1` instead of `weight_g/weight_v`; `audio.py` remaps the keys).
-
-Numerics follow upstream op for op, because the released ChatBridge weights were trained on top of them:
-queries are scaled by head_dim**-0.5 and by 1/32, the logits get their row max subtracted and are multiplied by 32
-again (an fp16 overflow guard), the relative position bias is gated per query (`grep_linear`, `grep_a`), and the
-post-LN layers scale their residual by (2 * depth) ** 0.25 when `deep_norm` is on.
+See docs/reference/chatbridge.md §1.5, §1.6 and §3.4. BEATs itself is hand-written in `beats_network.py` because no
+library ships it. An official BEATs checkpoint is a dict
+`{"cfg": <hyper-parameters>, "model": <state dict>}`; its `cfg` is the authority on the architecture, because
+`deep_norm` has no parameters and a wrong value would load strictly and still change every output. Hence two ways
+to build: `build_beats` (registered as "beats") from `BeatsConfig`, and `build_beats_from_checkpoint_cfg`
+from the checkpoint's own `cfg`; `load_beats_checkpoint` then refuses a checkpoint whose `cfg` disagrees with the
+built network.
 """
 
 from __future__ import annotations
 
-import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
-# Upstream divides the scaled queries by this and multiplies the max-subtracted logits back (fp16 guard).
-_LOGIT_ALPHA = 32
+from chatbridge.config import EncoderConfig
+from chatbridge.models.encoders.beats_network import BEATs
+from chatbridge.models.layers import Fp32LayerNorm
+from chatbridge.registry import ENCODERS
 
 
-def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
-    """T5-style bidirectional buckets of `key - query` offsets, exactly as upstream `_relative_positions_bucket`.
+@dataclass
+class BeatsConfig(EncoderConfig):
+    """BEATs + `ln_audio`; defaults are BEATs iter3+ AS2M. A checkpoint's own `cfg` must agree with them."""
 
-    Half of the buckets hold positive offsets; within each half, offsets below a quarter of `num_buckets` get a
-    bucket each and larger ones share log-spaced buckets up to `max_distance`.
-
-    Returns:
-        (length, length) int64 bucket ids.
-    """
-    positions = torch.arange(length, dtype=torch.long, device=device)
-    relative = positions[None, :] - positions[:, None]  # (L, L): key - query
-    half = num_buckets // 2
-    buckets = (relative > 0).to(torch.long) * half
-    distance = relative.abs()
-    max_exact = half // 2
-    is_small = distance < max_exact
-    # Clamping only touches offsets that `is_small` discards; it avoids casting log(0) = -inf to an integer.
-    large = distance.clamp(min=max_exact).float()
-    if_large = max_exact + (torch.log(large / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)).to(
-        torch.long
+    name: str = "beats"
+    checkpoint: str | None = field(
+        default=None, metadata={"path": "an official BEATs checkpoint `.pt` with keys `cfg` and `model`"}
     )
-    if_large = torch.minimum(if_large, torch.full_like(if_large, half - 1))
-    return buckets + torch.where(is_small, distance, if_large)
+    num_mel_bins: int = 64
+    """Fbank bins fed to BEATs: 64 for the released ChatBridge weights (BEATs itself was pre-trained on 128)."""
+    sample_rate: int = 16000
+    """Audio rate the fbank is computed at."""
+    fbank_mean: float = 15.41663
+    """Fbank normalisation mean (BEATs' AudioSet statistics)."""
+    fbank_std: float = 6.55582
+    """Fbank normalisation std (divided by 2 * std, as BEATs does)."""
+    patch_size: int = 16
+    """Conv patch size over (time, frequency)."""
+    embed_dim: int = 512
+    """Patch-embedding width before `post_extract_proj`."""
+    width: int = 768
+    """Encoder width (D_a)."""
+    depth: int = 12
+    """Transformer layers."""
+    num_heads: int = 12
+    """Attention heads."""
+    ffn_dim: int = 3072
+    """Feed-forward width."""
+    conv_pos: int = 128
+    """Kernel of the convolutional position embedding."""
+    conv_pos_groups: int = 16
+    """Groups of the convolutional position embedding."""
+    num_buckets: int = 320
+    """Relative-position buckets."""
+    max_distance: int = 800
+    """Relative-position maximum distance."""
+    deep_norm: bool = True
+    """Residual scaled by (2 * depth) ** 0.25; has no parameters, so it must come from the checkpoint cfg."""
+    layer_norm_first: bool = False
+    """Pre-LN (True) or post-LN (False)."""
+    gru_rel_pos: bool = True
+    """Gated relative position bias."""
+    ln_audio_eps: float = 1e-5
+    """Eps of `ln_audio`."""
+
+    def output_width(self) -> int:
+        return self.width
+
+    def num_tokens(self, modality: str, item_shape: tuple[int, ...]) -> int:
+        """Patches of one (frames, mel bins) fbank segment: 256 for (1024, 64) with 16 x 16 patches."""
+        return (item_shape[-2] // self.patch_size) * (item_shape[-1] // self.patch_size)
+
+    def preprocessing(self, modality: str) -> dict[str, Any]:
+        """Kaldi fbank segments at the rate, bins and statistics BEATs was trained with."""
+        if modality != "audio":
+            raise ValueError(f"beats encodes audio, not {modality!r}")
+        return {
+            "audio_processor": "beats_fbank",
+            "sample_rate": self.sample_rate,
+            "num_mel_bins": self.num_mel_bins,
+            "fbank_mean": self.fbank_mean,
+            "fbank_std": self.fbank_std,
+        }
 
 
-class SamePad(nn.Module):
-    """Drop the extra last frame that an even-kernel convolution with padding k//2 produces."""
+# Official `cfg` key -> `BEATs` constructor argument.
+_CFG_TO_KWARG = {
+    "input_patch_size": "patch_size",
+    "embed_dim": "embed_dim",
+    "encoder_embed_dim": "width",
+    "encoder_layers": "depth",
+    "encoder_attention_heads": "num_heads",
+    "encoder_ffn_embed_dim": "ffn_dim",
+    "conv_pos": "conv_pos",
+    "conv_pos_groups": "conv_pos_groups",
+    "relative_position_embedding": "relative_position_embedding",
+    "num_buckets": "num_buckets",
+    "max_distance": "max_distance",
+    "gru_rel_pos": "gru_rel_pos",
+    "deep_norm": "deep_norm",
+    "layer_norm_first": "layer_norm_first",
+    "conv_bias": "conv_bias",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+    "dropout_input": "dropout_input",
+    "encoder_layerdrop": "layerdrop",
+}
+# Upstream `BEATsConfig` defaults of keys that only act in training mode, for cfgs that omit them.
+_TRAINING_DEFAULTS = {
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "dropout_input": 0.0,
+    "encoder_layerdrop": 0.0,
+}
+# Keys accepted and dropped: the gradient multiplier only scales gradients into the layers (no forward effect),
+# and the predictor settings matter only for fine-tuned classifiers, which `finetuned_model` rejects.
+_IGNORED_KEYS = {"layer_wise_gradient_decay_ratio", "predictor_dropout", "predictor_class"}
+# Keys whose only supported value is upstream's pre-trained-encoder setting.
+_FIXED_VALUES = {"activation_fn": "gelu", "finetuned_model": False}
+_WEIGHT_NORM_OLD_TO_NEW = {
+    ".weight_g": ".parametrizations.weight.original0",
+    ".weight_v": ".parametrizations.weight.original1",
+}
 
-    def __init__(self, kernel_size: int) -> None:
-        super().__init__()
-        self.remove = 1 if kernel_size % 2 == 0 else 0
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Trim (N, C, L + remove) to (N, C, L)."""
-        return x[:, :, : -self.remove] if self.remove > 0 else x
+class BeatsEncoder(nn.Module):
+    """BEATs followed by ChatBridge's `ln_audio`.
 
-
-class BEATsAttention(nn.Module):
-    """Multi-head self-attention with BEATs' gated relative position bias.
+    `ln_audio` is freshly initialized in the reference (no checkpoint provides it) and frozen, so with the released
+    weights it is a parameter-free LayerNorm; it is kept as a module so ChatBridge checkpoints load by name.
 
     Attributes:
-        relative_attention_bias: (num_buckets, num_heads) table; upstream builds it in every layer and then
-            replaces layers 1.. by layer 0's module, so the state dict repeats one tensor under every layer name.
-            `BEATsEncoder` does the same sharing. Absent when relative positions are off.
-        grep_linear, grep_a: the per-query gate of the position bias ("gru_rel_pos"); absent when it is off.
+        backbone: the BEATs network.
+        ln_audio: LayerNorm over the BEATs tokens, computed in fp32.
+        width: token width D_a.
     """
 
-    def __init__(
-        self,
-        width: int,
-        num_heads: int,
-        relative_position_embedding: bool,
-        num_buckets: int,
-        max_distance: int,
-        gru_rel_pos: bool,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, backbone: BEATs, ln_audio_eps: float) -> None:
         super().__init__()
-        if width % num_heads != 0:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = width // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.gru_rel_pos = gru_rel_pos
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
-        self.dropout_module = nn.Dropout(dropout)
-        if relative_position_embedding:
-            self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
-        if gru_rel_pos:
-            self.grep_linear = nn.Linear(self.head_dim, 8)
-            self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+        self.backbone = backbone
+        self.width: int = backbone.width
+        self.ln_audio = Fp32LayerNorm(self.width, eps=ln_audio_eps)
 
-    def position_bias(self, length: int) -> Tensor:
-        """The ungated relative position bias (num_heads, L, L), computed once and shared by all layers."""
-        table = self.relative_attention_bias.weight
-        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, table.device)
-        return F.embedding(buckets, table).permute(2, 0, 1)
+    def forward(self, fbank: Tensor, modality: str = "audio") -> Tensor:
+        """Encode normalized fbank segments (N, T, F) into (N, T/p * F/p, width) features."""
+        # 1. BEATs: patchify (time-major tokens), project, transformer.
+        tokens = self.backbone(fbank)  # (N, T/p * F/p, D_a)
+        # 2. ChatBridge's ln_audio.
+        return self.ln_audio(tokens)
 
-    def _gate(self, query: Tensor) -> Tensor:
-        """Per-query gate (N, H, L, 1) of the position bias, from the unscaled queries (N, H, L, head_dim)."""
-        N, H, L, _ = query.shape
-        gates = torch.sigmoid(self.grep_linear(query).view(N, H, L, 2, 4).sum(-1))  # (N, H, L, 2)
-        gate_a, gate_b = gates.chunk(2, dim=-1)
-        return gate_a * (gate_b * self.grep_a - 1.0) + 2.0
-
-    def forward(self, x: Tensor, position_bias: Tensor | None) -> Tensor:
-        """Attend over (N, L, width) tokens; `position_bias` is (H, L, L) or None."""
-        N, L, C = x.shape
-        H, D = self.num_heads, self.head_dim
-        # Two separate multiplications, in upstream's order, so that fp16 rounding matches.
-        q = self.q_proj(x) * self.scaling
-        q = q * (1 / _LOGIT_ALPHA)
-        q = q.view(N, L, H, D).transpose(1, 2)  # (N, H, L, D)
-        k = self.k_proj(x).view(N, L, H, D).transpose(1, 2)
-        v = self.v_proj(x).view(N, L, H, D).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2)  # (N, H, L, L)
-        logits = (logits - logits.max(dim=-1, keepdim=True)[0]) * _LOGIT_ALPHA
-        if position_bias is not None:
-            if self.gru_rel_pos:
-                # Upstream recovers the unscaled query by undoing both scalings (not by reusing q_proj's output).
-                position_bias = self._gate(q * _LOGIT_ALPHA / self.scaling) * position_bias
-            logits = logits + position_bias
-        probs = F.softmax(logits, dim=-1).type_as(logits)
-        out = self.dropout_module(probs) @ v  # (N, H, L, D)
-        return self.out_proj(out.transpose(1, 2).reshape(N, L, C))
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """An official BEATs `.pt` into the backbone (`ln_audio` keeps its init, as in the reference)."""
+        load_beats_checkpoint(self, path)
 
 
-class BEATsLayer(nn.Module):
-    """One transformer layer: post-LN (with optional deep-norm residual scaling) or pre-LN, GELU feed-forward."""
+@ENCODERS.register("beats")
+def build_beats(cfg: BeatsConfig) -> BeatsEncoder:
+    """Build BEATs + `ln_audio` with random weights from the dataclass; no file I/O, so it builds on meta too.
 
-    def __init__(
-        self,
-        attention: BEATsAttention,
-        width: int,
-        ffn_dim: int,
-        layer_norm_first: bool,
-        deep_norm_alpha: float,
-        dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.self_attn = attention
-        self.self_attn_layer_norm = nn.LayerNorm(width)
-        self.fc1 = nn.Linear(width, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, width)
-        self.final_layer_norm = nn.LayerNorm(width)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(activation_dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.layer_norm_first = layer_norm_first
-        self.deep_norm_alpha = deep_norm_alpha
-
-    def _feed_forward(self, x: Tensor) -> Tensor:
-        # Upstream's `gelu` runs in fp32 and casts back to fc1's output dtype (it matters under fp16 autocast).
-        hidden = self.fc1(x)
-        hidden = F.gelu(hidden.float()).type_as(hidden)
-        return self.dropout3(self.fc2(self.dropout2(hidden)))
-
-    def forward(self, x: Tensor, position_bias: Tensor | None) -> Tensor:
-        """Transform (N, L, width) tokens."""
-        if self.layer_norm_first:
-            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), position_bias))
-            return x + self._feed_forward(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x * self.deep_norm_alpha + self.dropout1(self.self_attn(x, position_bias)))
-        return self.final_layer_norm(x * self.deep_norm_alpha + self._feed_forward(x))
-
-
-class BEATsEncoder(nn.Module):
-    """Convolutional position embedding, then the layers; the relative position bias is computed once by layer 0.
-
-    Layer-drop is applied in training mode as upstream does; ChatBridge keeps the tower frozen in eval mode.
+    Relative positions are always on and the patch conv has no bias, as in every released BEATs checkpoint;
+    dropouts are 0 because the tower runs frozen. For another checkpoint use `build_beats_from_checkpoint_cfg`.
     """
-
-    def __init__(
-        self,
-        layers: list[BEATsLayer],
-        width: int,
-        conv_pos: int,
-        conv_pos_groups: int,
-        layer_norm_first: bool,
-        dropout: float = 0.0,
-        layerdrop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        conv = nn.Conv1d(width, width, kernel_size=conv_pos, padding=conv_pos // 2, groups=conv_pos_groups)
-        nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4 / (conv_pos * width)))
-        nn.init.zeros_(conv.bias)
-        # Weight norm over dim 2 (the kernel axis): g has shape (1, 1, conv_pos), as in upstream.
-        self.pos_conv = nn.Sequential(weight_norm(conv, name="weight", dim=2), SamePad(conv_pos), nn.GELU())
-        self.layers = nn.ModuleList(layers)
-        # Upstream replaces the tables of layers 1.. by layer 0's module: one tensor, repeated in the state dict.
-        self.relative_position_embedding = hasattr(layers[0].self_attn, "relative_attention_bias")
-        if self.relative_position_embedding:
-            for layer in layers[1:]:
-                layer.self_attn.relative_attention_bias = layers[0].self_attn.relative_attention_bias
-        self.layer_norm = nn.LayerNorm(width)
-        self.layer_norm_first = layer_norm_first
-        self.dropout = nn.Dropout(dropout)
-        self.layerdrop = layerdrop
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Encode (N, L, width) tokens into (N, L, width)."""
-        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
-        if not self.layer_norm_first:
-            x = self.layer_norm(x)
-        x = self.dropout(x)
-        position_bias = self.layers[0].self_attn.position_bias(x.shape[1]) if self.relative_position_embedding else None
-        for layer in self.layers:
-            if self.training and self.layerdrop > 0 and torch.rand(()).item() <= self.layerdrop:
-                continue
-            x = layer(x, position_bias)
-        return self.layer_norm(x) if self.layer_norm_first else x
+    backbone = BEATs(
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        width=cfg.width,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        ffn_dim=cfg.ffn_dim,
+        conv_pos=cfg.conv_pos,
+        conv_pos_groups=cfg.conv_pos_groups,
+        relative_position_embedding=True,
+        num_buckets=cfg.num_buckets,
+        max_distance=cfg.max_distance,
+        gru_rel_pos=cfg.gru_rel_pos,
+        deep_norm=cfg.deep_norm,
+        layer_norm_first=cfg.layer_norm_first,
+        conv_bias=False,
+    )
+    return BeatsEncoder(backbone, cfg.ln_audio_eps)
 
 
-class BEATs(nn.Module):
-    """BEATs on a precomputed fbank: patchify, LayerNorm, project to the encoder width, encode.
+def _read_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or not {"cfg", "model"} <= checkpoint.keys():
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{Path(path).name}: not an official BEATs checkpoint (need keys 'cfg' and 'model'): {found}")
+    return checkpoint
 
-    The constructor takes flat hyper-parameters named after `AudioEncoderConfig`; `audio.beats_kwargs_from_cfg`
-    maps an official checkpoint's `cfg` onto them.
+
+def read_beats_cfg(path: str | os.PathLike) -> dict[str, Any]:
+    """The `cfg` dict of an official BEATs checkpoint (the file is read in full: torch.load cannot skip tensors)."""
+    return dict(_read_official_checkpoint(path)["cfg"])
+
+
+def beats_kwargs_from_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Map an official BEATs `cfg` onto `BEATs` constructor arguments.
+
+    Architecture keys are required (upstream would silently fall back to defaults such as `deep_norm=False`);
+    missing dropout/layer-drop keys take upstream's defaults since they act only in training mode.
+
+    Raises:
+        ValueError: naming unknown keys, missing architecture keys, or settings this port does not implement.
     """
-
-    def __init__(  # noqa: PLR0913 - mirrors the upstream cfg one argument per field (no config objects here)
-        self,
-        *,
-        patch_size: int = 16,
-        embed_dim: int = 512,
-        width: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        ffn_dim: int = 3072,
-        conv_pos: int = 128,
-        conv_pos_groups: int = 16,
-        relative_position_embedding: bool = True,
-        num_buckets: int = 320,
-        max_distance: int = 800,
-        gru_rel_pos: bool = True,
-        deep_norm: bool = True,
-        layer_norm_first: bool = False,
-        conv_bias: bool = False,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        dropout_input: float = 0.0,
-        layerdrop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if deep_norm and layer_norm_first:
-            raise ValueError("deep_norm requires post-LN layers (layer_norm_first=False), as upstream asserts")
-        self._architecture = {
-            "patch_size": patch_size,
-            "embed_dim": embed_dim,
-            "width": width,
-            "depth": depth,
-            "num_heads": num_heads,
-            "ffn_dim": ffn_dim,
-            "conv_pos": conv_pos,
-            "conv_pos_groups": conv_pos_groups,
-            "relative_position_embedding": relative_position_embedding,
-            "num_buckets": num_buckets,
-            "max_distance": max_distance,
-            "gru_rel_pos": gru_rel_pos,
-            "deep_norm": deep_norm,
-            "layer_norm_first": layer_norm_first,
-            "conv_bias": conv_bias,
-        }
-        self.patch_size = patch_size
-        self.width = width
-        self.patch_embedding = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size, bias=conv_bias)
-        self.layer_norm = nn.LayerNorm(embed_dim)
-        # Upstream has no projection when the widths agree; Identity keeps that state-dict layout.
-        self.post_extract_proj = nn.Linear(embed_dim, width) if embed_dim != width else nn.Identity()
-        self.dropout_input = nn.Dropout(dropout_input)
-        attentions = [
-            BEATsAttention(
-                width, num_heads, relative_position_embedding, num_buckets, max_distance, gru_rel_pos, attention_dropout
-            )
-            for _ in range(depth)
-        ]
-        alpha = (2 * depth) ** 0.25 if deep_norm else 1.0
-        layers = [
-            BEATsLayer(attention, width, ffn_dim, layer_norm_first, alpha, dropout, activation_dropout)
-            for attention in attentions
-        ]
-        self.encoder = BEATsEncoder(layers, width, conv_pos, conv_pos_groups, layer_norm_first, dropout, layerdrop)
-        _init_encoder(self.encoder, deep_norm)
-
-    def architecture(self) -> dict[str, int | bool]:
-        """The hyper-parameters that shape the network (dropouts excluded), keyed like the constructor."""
-        return dict(self._architecture)
-
-    def num_tokens(self, num_frames: int, num_mel_bins: int) -> int:
-        """Tokens per fbank of `num_frames` x `num_mel_bins` (the strided conv drops incomplete patches)."""
-        return (num_frames // self.patch_size) * (num_mel_bins // self.patch_size)
-
-    def forward(self, fbank: Tensor) -> Tensor:
-        """Encode a normalized fbank (N, T, F) into (N, T/p * F/p, width) tokens, time-major (t * F/p + f)."""
-        features = self.patch_embedding(fbank.unsqueeze(1))  # (N, embed_dim, T/p, F/p)
-        features = features.flatten(2).transpose(1, 2)  # (N, T/p * F/p, embed_dim)
-        features = self.layer_norm(features)
-        x = self.dropout_input(self.post_extract_proj(features))
-        return self.encoder(x)
+    known = _CFG_TO_KWARG.keys() | _IGNORED_KEYS | _FIXED_VALUES.keys()
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown BEATs cfg keys {unknown}; known: {sorted(known)}")
+    missing = sorted(_CFG_TO_KWARG.keys() - _TRAINING_DEFAULTS.keys() - cfg.keys())
+    if missing:
+        raise ValueError(f"BEATs cfg lacks architecture keys {missing}")
+    unsupported = {key: cfg[key] for key, value in _FIXED_VALUES.items() if cfg.get(key, value) != value}
+    if unsupported:
+        raise ValueError(f"unsupported BEATs settings {unsupported}; supported: {_FIXED_VALUES}")
+    merged = {**_TRAINING_DEFAULTS, **cfg}
+    return {kwarg: merged[key] for key, kwarg in _CFG_TO_KWARG.items()}
 
 
-def _init_encoder(encoder: BEATsEncoder, deep_norm: bool) -> None:
-    """Upstream's random init of the layers: BERT normal(0.02) and zero biases, then deep-norm Xavier gains.
+def _rename_suffixes(state_dict: dict[str, Tensor], renames: dict[str, str]) -> dict[str, Tensor]:
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+                break
+        renamed[key] = value
+    return renamed
 
-    Written with `nn.init` so it also runs on the meta device (upstream's init round-trips through the CPU).
+
+def old_to_new_weight_norm_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`nn.utils.weight_norm` names (`*.weight_g`, `*.weight_v`) -> parametrization names (`original0/1`).
+
+    Works under any prefix (e.g. `audio_encoder.` in a ChatBridge checkpoint); other keys pass unchanged.
     """
-    for module in encoder.layers.modules():
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-    if not deep_norm:
-        return
-    beta = (8 * len(encoder.layers)) ** -0.25
-    for layer in encoder.layers:
-        gains = [(layer.self_attn.k_proj, 1.0), (layer.self_attn.v_proj, beta), (layer.self_attn.q_proj, 1.0)]
-        gains += [(layer.self_attn.out_proj, beta), (layer.fc1, beta), (layer.fc2, beta)]
-        for linear, gain in gains:
-            nn.init.xavier_normal_(linear.weight, gain=gain)
+    return _rename_suffixes(state_dict, _WEIGHT_NORM_OLD_TO_NEW)
+
+
+def new_to_old_weight_norm_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Parametrization names -> `nn.utils.weight_norm` names, for writing checkpoints in the official layout."""
+    return _rename_suffixes(state_dict, {new: old for old, new in _WEIGHT_NORM_OLD_TO_NEW.items()})
+
+
+def build_beats_from_checkpoint_cfg(
+    path: str | os.PathLike, *, ln_audio_eps: float = BeatsConfig.ln_audio_eps
+) -> BeatsEncoder:
+    """Build (random weights) the encoder that an official checkpoint's `cfg` describes; load it afterwards.
+
+    This is how real checkpoints are built: the checkpoint's `cfg` wins over `BeatsConfig`'s defaults.
+    """
+    return BeatsEncoder(BEATs(**beats_kwargs_from_cfg(read_beats_cfg(path))), ln_audio_eps)
+
+
+def _check_architecture(backbone: BEATs, cfg: dict[str, Any], name: str) -> None:
+    built = backbone.architecture()
+    expected = beats_kwargs_from_cfg(cfg)
+    differing = [
+        f"{key}: checkpoint {expected[key]!r} vs built {built[key]!r}" for key in built if expected[key] != built[key]
+    ]
+    if differing:
+        raise ValueError(
+            f"{name}: BEATs cfg disagrees with the built encoder ({'; '.join(differing)}); "
+            "set the matching model.encoders.<key>.* keys (or build with build_beats_from_checkpoint_cfg)"
+        )
+
+
+def load_beats_checkpoint(encoder: BeatsEncoder, path: str | os.PathLike) -> None:
+    """Load an official BEATs checkpoint into `encoder.backbone`, strictly; `ln_audio` keeps its init.
+
+    Old weight-norm names are remapped. The encoder must be materialized (not on the meta device), since copying
+    into meta tensors would silently load nothing.
+
+    Raises:
+        ValueError: the file is not in the official format, its `cfg` differs from the built architecture, or
+            its keys differ from the encoder's (all naming the file).
+    """
+    name = Path(path).name
+    backbone = encoder.backbone
+    if any(parameter.is_meta for parameter in backbone.parameters()):
+        raise ValueError(f"{name}: cannot load into an encoder on the meta device; materialize it first")
+    checkpoint = _read_official_checkpoint(path)
+    _check_architecture(backbone, checkpoint["cfg"], name)
+    state_dict = old_to_new_weight_norm_keys(checkpoint["model"])
+    expected = backbone.state_dict().keys()
+    missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(f"{name}: BEATs state dict mismatch; missing keys {missing}; unexpected keys {unexpected}")
+    # The shared relative-position table is repeated under every layer name; as upstream, the last copy wins.
+    backbone.load_state_dict(state_dict, strict=True)

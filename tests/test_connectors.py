@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chatbridge.config import PerceiverConfig
-from chatbridge.models.perceiver import (
-    QUERY_SETS,
+from chatbridge.config import ConnectorConfig
+from chatbridge.config_loading import load_config
+from chatbridge.models.connectors.linear import LinearConfig, MLPConfig
+from chatbridge.models.connectors.qformer import (
+    QFormerConfig,
     hf_qformer_to_lavis,
     lavis_qformer_to_hf,
-    load_blip2_checkpoint,
+    read_blip2_checkpoint,
 )
 from chatbridge.registry import CONNECTORS
 from tests.fixtures.blip2 import write_tiny_blip2_checkpoint
@@ -22,17 +26,23 @@ TOKENS = 5  # L, memory tokens per frame / segment
 BATCH = 2
 # (query set, S): an image, a 4-frame video (image queries), a 2-segment audio clip.
 INPUTS = [("image", 1), ("image", 4), ("audio", 2)]
+TINY_PRETRAIN = Path(__file__).resolve().parents[1] / "train_configs" / "chatbridge_tiny_pretrain.yaml"
+QUERY_SETS = ("image", "audio")  # ChatBridge's routes: image and video -> "image", audio -> "audio"
 
 
-def tiny_cfg(name: str = "shared_qformer", **overrides) -> PerceiverConfig:
-    return PerceiverConfig(
+def tiny_cfg(name: str = "shared_qformer", **overrides) -> ConnectorConfig:
+    if name == "linear":
+        return LinearConfig(**overrides)
+    if name == "mlp":
+        return MLPConfig(hidden_size=32, **overrides)
+    return QFormerConfig(
         name=name, num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, num_query_tokens=4, **overrides
     )
 
 
-def build(cfg: PerceiverConfig, memory_width: int = MEMORY_WIDTH, seed: int = 0) -> torch.nn.Module:
+def build(cfg: ConnectorConfig, memory_width: int = MEMORY_WIDTH, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return CONNECTORS.get(cfg.name)(cfg, memory_width).eval()
+    return CONNECTORS.get(cfg.name)(cfg, memory_width, QUERY_SETS).eval()
 
 
 def memory(num_segments: int, seed: int = 1, width: int = MEMORY_WIDTH) -> Tensor:
@@ -51,58 +61,69 @@ def memory(num_segments: int, seed: int = 1, width: int = MEMORY_WIDTH) -> Tenso
     ],
 )
 def test_output_shape(name, width, tokens, query_set, num_segments):
-    connector = build(tiny_cfg(name))
+    cfg = tiny_cfg(name)
+    connector = build(cfg)
     output = connector(memory(num_segments), query_set)
-    assert connector.output_width == width
-    assert connector.num_output_tokens(num_segments, TOKENS) == tokens(num_segments)
+    assert connector.output_width == cfg.output_width(MEMORY_WIDTH) == width
+    assert cfg.output_tokens(num_segments, TOKENS) == tokens(num_segments)
     assert output.shape == (BATCH, tokens(num_segments), width)
     assert torch.isfinite(output).all()
 
 
-@pytest.mark.parametrize("name", ["shared_qformer", "qformer_per_modality", "linear", "mlp"])
+@pytest.mark.parametrize("name", ["shared_qformer", "qformer_per_modality"])
 def test_unknown_query_set_raises(name):
     with pytest.raises(ValueError, match="video"):
         build(tiny_cfg(name))(memory(1), "video")
 
 
 @pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_connectors_without_queries_ignore_the_query_set(name):
+    """Linear and MLP have no query sets: routes give them `queries: None`, and a name changes nothing."""
+    connector = build(tiny_cfg(name))
+    video = memory(2)
+    torch.testing.assert_close(connector(video, None), connector(video, "image"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
 def test_temporal_embeddings_need_a_qformer(name):
+    """Only Q-Former configs have `temporal_embeddings`; asking a linear or MLP connector for them is a config error."""
+    overrides = [f"model.connector.name={name}", "model.connector.temporal_embeddings=true"]
     with pytest.raises(ValueError, match="temporal"):
-        build(tiny_cfg(name, temporal_embeddings=True))
+        load_config(TINY_PRETRAIN, overrides, require_paths=False)
 
 
 def test_shared_qformer_shares_weights_but_not_queries():
-    perceiver = build(tiny_cfg(audio_query_init="normal"))
-    assert sorted(perceiver.query_tokens) == sorted(QUERY_SETS)
-    assert not any("image" in name or "audio" in name for name, _ in perceiver.qformer.named_parameters())
+    connector = build(tiny_cfg(zero_query_sets=[]))
+    assert sorted(connector.query_tokens) == sorted(QUERY_SETS)
+    assert not any("image" in name or "audio" in name for name, _ in connector.qformer.named_parameters())
     video = memory(4)
-    assert not torch.allclose(perceiver(video, "image"), perceiver(video, "audio"))
+    assert not torch.allclose(connector(video, "image"), connector(video, "audio"))
     with torch.no_grad():
-        perceiver.query_tokens["audio"].copy_(perceiver.query_tokens["image"])
-    torch.testing.assert_close(perceiver(video, "image"), perceiver(video, "audio"), rtol=0, atol=0)
+        connector.query_tokens["audio"].copy_(connector.query_tokens["image"])
+    torch.testing.assert_close(connector(video, "image"), connector(video, "audio"), rtol=0, atol=0)
 
 
 def test_query_init():
-    perceiver = build(tiny_cfg())
-    assert torch.count_nonzero(perceiver.query_tokens["audio"]) == 0  # the reference's zero audio queries
-    assert 0.01 < perceiver.query_tokens["image"].std() < 0.04  # N(0, 0.02)
-    assert build(tiny_cfg(audio_query_init="normal")).query_tokens["audio"].std() > 0.01
+    connector = build(tiny_cfg())
+    assert torch.count_nonzero(connector.query_tokens["audio"]) == 0  # the reference's zero audio queries
+    assert 0.01 < connector.query_tokens["image"].std() < 0.04  # N(0, 0.02)
+    assert build(tiny_cfg(zero_query_sets=[])).query_tokens["audio"].std() > 0.01
 
 
 def test_per_modality_qformers_are_separate():
-    perceiver = build(tiny_cfg("qformer_per_modality", audio_query_init="normal"))
-    assert sorted(perceiver.qformers) == sorted(QUERY_SETS)
+    connector = build(tiny_cfg("qformer_per_modality", zero_query_sets=[]))
+    assert sorted(connector.qformers) == sorted(QUERY_SETS)
     with torch.no_grad():
-        perceiver.query_tokens["audio"].copy_(perceiver.query_tokens["image"])
+        connector.query_tokens["audio"].copy_(connector.query_tokens["image"])
     video = memory(2)
-    assert not torch.allclose(perceiver(video, "image"), perceiver(video, "audio"))
+    assert not torch.allclose(connector(video, "image"), connector(video, "audio"))
 
 
 def test_batched_forward_equals_per_sample():
-    perceiver = build(tiny_cfg())
+    connector = build(tiny_cfg())
     video = memory(4)
-    per_sample = torch.cat([perceiver(video[i : i + 1], "image") for i in range(BATCH)])
-    torch.testing.assert_close(perceiver(video, "image"), per_sample, rtol=1e-5, atol=1e-5)
+    per_sample = torch.cat([connector(video[i : i + 1], "image") for i in range(BATCH)])
+    torch.testing.assert_close(connector(video, "image"), per_sample, rtol=1e-5, atol=1e-5)
 
 
 def test_temporal_embeddings():
@@ -125,10 +146,10 @@ def test_temporal_embeddings():
 
 
 def test_audio_queries_get_no_gradient_from_image_loss():
-    perceiver = build(tiny_cfg())
-    perceiver(memory(1), "image").square().sum().backward()
-    assert perceiver.query_tokens["image"].grad is not None
-    assert perceiver.query_tokens["audio"].grad is None
+    connector = build(tiny_cfg())
+    connector(memory(1), "image").square().sum().backward()
+    assert connector.query_tokens["image"].grad is not None
+    assert connector.query_tokens["audio"].grad is None
 
 
 # Mean over batch and queries of output channels 0..3 of `build(tiny_cfg())` on `memory(4)` with the image queries
@@ -147,11 +168,11 @@ def test_golden_output():
 
 def test_full_size_parameter_count_on_meta():
     with torch.device("meta"):
-        perceiver = CONNECTORS.get("shared_qformer")(PerceiverConfig(), 1408)
-    qformer = sum(p.numel() for p in perceiver.qformer.parameters())
-    assert qformer == 105_137_664  # spec 1.14: the pruned Q-Former
-    assert sum(p.numel() for p in perceiver.parameters()) == 105_137_664 + 2 * 24_576  # + two (1, 32, 768) sets
-    blocks = {name.split(".")[3] for name in perceiver.qformer.state_dict() if name.startswith("encoder.layer.")}
+        connector = CONNECTORS.get("shared_qformer")(QFormerConfig(), 1408, QUERY_SETS)
+    qformer = sum(p.numel() for p in connector.qformer.parameters())
+    assert qformer == 105_137_664  # docs/reference/chatbridge.md §1.14: the pruned Q-Former
+    assert sum(p.numel() for p in connector.parameters()) == 105_137_664 + 2 * 24_576  # + two (1, 32, 768) sets
+    blocks = {name.split(".")[3] for name in connector.qformer.state_dict() if name.startswith("encoder.layer.")}
     assert blocks == {"attention", "crossattention", "intermediate_query", "output_query"}  # no text FFN
 
 
@@ -187,7 +208,7 @@ def test_text_parts_raise_unless_dropped(tmp_path):
         lavis_qformer_to_hf({"ln_vision.weight": torch.ones(2)})
 
 
-def lavis_qformer_reference(state: dict[str, Tensor], queries: Tensor, memory: Tensor, cfg: PerceiverConfig):
+def lavis_qformer_reference(state: dict[str, Tensor], queries: Tensor, memory: Tensor, cfg: QFormerConfig):
     """LAVIS's pruned Q-Former written out in plain torch from LAVIS key names (BERT post-LN blocks)."""
 
     def linear(x: Tensor, name: str) -> Tensor:
@@ -218,30 +239,30 @@ def lavis_qformer_reference(state: dict[str, Tensor], queries: Tensor, memory: T
     return x
 
 
-def test_load_blip2_checkpoint(tmp_path):
+def test_read_blip2_checkpoint(tmp_path):
     path = tmp_path / "blip2.pth"
     lavis_state = write_tiny_blip2_checkpoint(path, encoder_width=MEMORY_WIDTH)
-    perceiver = build(tiny_cfg())
-    tensors = load_blip2_checkpoint(path)
-    expected = {f"perceiver.qformer.{key}" for key in perceiver.qformer.state_dict()}
-    expected |= {"perceiver.query_tokens.image", "image_encoder.ln_vision.weight", "image_encoder.ln_vision.bias"}
+    connector = build(tiny_cfg())
+    tensors, ln_vision = read_blip2_checkpoint(path)
+    expected = {f"qformer.{key}" for key in connector.qformer.state_dict()} | {"query_tokens.image"}
     assert tensors.keys() == expected
-    assert torch.equal(tensors["image_encoder.ln_vision.bias"], lavis_state["ln_vision.bias"])
+    assert ln_vision.keys() == {"weight", "bias"}
+    assert torch.equal(ln_vision["weight"], lavis_state["ln_vision.weight"])
+    assert torch.equal(ln_vision["bias"], lavis_state["ln_vision.bias"])
 
-    ours = {key.removeprefix("perceiver."): t for key, t in tensors.items() if key.startswith("perceiver.")}
-    missing, unexpected = perceiver.load_state_dict(ours, strict=False)
+    missing, unexpected = connector.load_state_dict(tensors, strict=False)
     assert missing == ["query_tokens.audio"] and unexpected == []
     video = memory(4)
     queries = lavis_state["query_tokens"].expand(BATCH, -1, -1)
     reference = lavis_qformer_reference(lavis_state, queries, video.flatten(1, 2), tiny_cfg())
-    torch.testing.assert_close(perceiver(video, "image"), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(connector(video, "image"), reference, rtol=1e-5, atol=1e-5)
 
 
-def test_load_blip2_checkpoint_rejects_other_files(tmp_path):
+def test_read_blip2_checkpoint_rejects_other_files(tmp_path):
     path = tmp_path / "not_blip2.pth"
     torch.save({"model": {"visual_encoder.cls_token": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="not_blip2.pth.*query_tokens.*Qformer"):
-        load_blip2_checkpoint(path)
+        read_blip2_checkpoint(path)
     torch.save({"visual_encoder.cls_token": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not_blip2.pth.*'model'"):
-        load_blip2_checkpoint(path)
+        read_blip2_checkpoint(path)

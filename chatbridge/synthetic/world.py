@@ -3,8 +3,8 @@
 Why it exists: every CPU test, tiny training run, evaluation and demo needs images, videos and audio with captions,
 questions and conversations, and none of the real datasets fit on a laptop. This module draws a small world of
 coloured shapes and beeps whose every caption and answer follows from known attributes, so a model that learns
-anything shows it, and writes it in exactly the formats the real loaders read (reference spec sections 4.1-4.4), so
-the same loaders run on it unchanged.
+anything shows it, and writes it in exactly the formats the real loaders read (docs/reference/chatbridge.md §4.1-4.4),
+so the same loaders run on it unchanged.
 
 Layout under ``root`` (every path inside annotation files and data-opts JSONs is relative; the data-opts JSONs sit
 at the root, and their relative paths are resolved against the folder that holds the JSON, i.e. the world root)::
@@ -14,12 +14,12 @@ at the root, and their relative paths are resolved against the folder that holds
     frames/<video_id>/img_0001.jpg ...      8 JPEG frames per video (``data_format: "frame"``)
     audios/<audio_id>.wav                   16 kHz mono PCM-16 beeps; a video's background audio is
                                             ``audios/<video_id>.wav``
-    annotations/stage1/{image,video,audio}.json   VALOR ``pretrain_txt_mapper.json`` format (spec 4.3)
-    annotations/stage2/<name>.json                MULTIS format, one file per task (spec 4.4, ``STAGE2_FILES``)
+    annotations/stage1/{image,video,audio}.json   VALOR ``pretrain_txt_mapper.json`` format (§4.3)
+    annotations/stage2/<name>.json                MULTIS format, one file per task (§4.4, ``STAGE2_FILES``)
     annotations/eval/<name>.json                  held-out split; no data-opts JSON refers to it
     annotations/attributes.json                   ground-truth attributes and split of every media item
-    task_prompt.json                              task name -> instruction templates (spec 4.2)
-    opts_stage1.json, opts_stage2.json            VALOR-style data-opts (spec 4.1)
+    task_prompt.json                              task name -> instruction templates (docs/reference/chatbridge.md §4.2)
+    opts_stage1.json, opts_stage2.json            VALOR-style data-opts (docs/reference/chatbridge.md §4.1)
     MANIFEST.json                                 written last: its presence marks a complete world
 
 Held-out split: evaluation media have their own ids (prefix ``ev_``) and are drawn only from attribute
@@ -654,7 +654,7 @@ def _eval_annotations(rng: np.random.Generator, split: _Split, per_item: int) ->
     """Held-out files: joint yes/no questions (video+audio, image+audio) and captions with all references.
 
     The joint rows follow MUSIC-AVQA's shape (visual id, ``audio``, ``question``, ``answer``); the audio captions
-    follow Clotho's ``audio`` key (spec 4.7). Each held-out image is paired with a held-out audio clip.
+    follow Clotho's ``audio`` key (§4.7). Each held-out image is paired with a held-out audio clip.
     """
     image_pairs = [(image, split.audios[index % len(split.audios)]) for index, image in enumerate(split.images)]
     return {
@@ -670,7 +670,7 @@ def _eval_annotations(rng: np.random.Generator, split: _Split, per_item: int) ->
 
 # ----------------------------------------------------------------------------------------------- prompts and opts
 
-# Our own wording (spec 4.2 keeps only the key set and the <QUESTION> placeholder of the reference file).
+# Our own wording (§4.2 keeps only the key set and the <QUESTION> placeholder of the reference file).
 TASK_PROMPTS: dict[str, list[str]] = {
     "ti-cap": [
         "Describe the image in one short sentence.",
@@ -708,7 +708,7 @@ TASK_PROMPTS: dict[str, list[str]] = {
     ],
 }
 
-# (annotation key, task, datatype) of every training file; the stage-2 names follow spec 4.2's task names.
+# (annotation key, task, datatype) of every training file; the stage-2 names follow §4.2's task names.
 STAGE1_FILES = (("stage1/image", "ti", "image"), ("stage1/video", "ti", "video"), ("stage1/audio", "ta", "audio"))
 STAGE2_FILES = (
     ("stage2/image_cap", "ti-cap", "image"),
@@ -746,7 +746,7 @@ def _loader_group(key: str, task: str, datatype: str, steps: int) -> dict:
 
 
 def _opts(files: Sequence[tuple[str, str, str]], counts: dict[str, int]) -> dict:
-    """A data-opts JSON (spec 4.1); ``video_resolution`` is the native size of the synthetic media."""
+    """A data-opts JSON (§4.1); ``video_resolution`` is the native size of the synthetic media."""
     return {
         "video_resolution": IMAGE_SIZE,
         "video_encoder_type": "clip_vit_large_14_336px",
@@ -898,7 +898,7 @@ def world_texts(root: Path) -> list[str]:
     """Every training text of the world under ``root``, as training renders it but with no ``<query>``.
 
     Why: a tiny frozen LLM must already speak the world's language before a bridge can be trained into it, and
-    this is what it learns from (``chatbridge.models.tiny_llm``). Stage-1 captions (every caption of a list) go
+    this is what it learns from (``chatbridge.synthetic.tiny_llm``). Stage-1 captions (every caption of a list) go
     through ``render_caption``; stage-2 captions and QA pairs (every choice of a list) become single turns with
     an instruction drawn from ``task_prompt.json`` as training draws it, but from a generator seeded by the file's
     key, so the texts are the same on every call; conversations render whole. The ``<query>`` placeholders are

@@ -7,7 +7,7 @@ model is trained on a small fixed corpus with LLaMA's settings (BPE, identity no
 is in the corpus instead, and "\n" is a user-defined piece because sentencepiece trains line by line and never sees it.
 
 Optionally the model first learns the language of a synthetic world (`corpus`, a world folder; its texts come from
-`chatbridge.data.synthetic.world_texts`): the tokenizer is trained on the fixed corpus plus those texts, and the
+`chatbridge.synthetic.world.world_texts`): the tokenizer is trained on the fixed corpus plus those texts, and the
 random-init LLaMA is pre-trained on them as a causal LM for `pretrain_steps` steps. Why: ChatBridge trains only the
 connector that writes soft prompt tokens into a frozen LLM. A frozen random LM predicts a near-uniform distribution
 whatever its input, so the connector has nothing to steer and the loss stays at ln(vocab); the method assumes an LLM
@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from chatbridge.data.collate import IGNORE_INDEX, split_targets
-from chatbridge.data.synthetic import MANIFEST_NAME, world_texts
+from chatbridge.data.batch import IGNORE_INDEX
+from chatbridge.data.tokenize import split_targets
+from chatbridge.synthetic.world import MANIFEST_NAME, world_texts
 from chatbridge.training.schedule import learning_rate
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def ensure_tiny_llama_folder(
     num_heads: int,
     corpus: str | Path | None = None,
     pretrain_steps: int = 0,
+    seed: int = 0,
 ) -> Path:
     """Return the tiny folder at `path`, generating it unless one with exactly these settings is there.
 
@@ -200,7 +202,7 @@ def ensure_tiny_llama_folder(
     """
     path = Path(path)
     texts = _corpus_texts(corpus, pretrain_steps)
-    wanted = asdict(_settings(vocab_size, hidden_size, num_layers, num_heads, 0, texts, pretrain_steps))
+    wanted = asdict(_settings(vocab_size, hidden_size, num_layers, num_heads, seed, texts, pretrain_steps))
     with _exclusive(path):
         if not path.exists():
             logger.info("generating tiny LLaMA folder %s: %s", path, wanted)
@@ -221,15 +223,15 @@ def _corpus_texts(corpus: str | Path | None, pretrain_steps: int) -> list[str] |
         FileNotFoundError: `corpus` is not a (complete) synthetic world.
     """
     if pretrain_steps < 0:
-        raise ValueError(f"model.llm.pretrain_steps must be >= 0, got {pretrain_steps}")
+        raise ValueError(f"synthetic.tiny_llm.pretrain_steps must be >= 0, got {pretrain_steps}")
     if corpus is None:
         if pretrain_steps:
-            raise ValueError("model.llm.pretrain_steps > 0 needs model.llm.corpus (a synthetic world folder)")
+            raise ValueError("synthetic.tiny_llm.pretrain_steps > 0 needs a corpus (synthetic.world)")
         return None
     if not (Path(corpus) / MANIFEST_NAME).is_file():
         raise FileNotFoundError(
-            f"model.llm.corpus = {str(corpus)!r} has no {MANIFEST_NAME}; it should be a synthetic world folder "
-            "(chatbridge.data.synthetic.ensure_world, e.g. through the config's synthetic_world)"
+            f"synthetic.world = {str(corpus)!r} has no {MANIFEST_NAME}; it should be a synthetic world folder "
+            "(chatbridge.synthetic.world.ensure_world, e.g. through the config's synthetic.world)"
         )
     return world_texts(Path(corpus))
 
@@ -347,7 +349,7 @@ def _write_contents(folder: Path, settings: TinyLlamaSettings, texts: Sequence[s
     vocab_size = pieces.get_piece_size()
     if vocab_size < settings.vocab_size:
         logger.warning(
-            "model.llm.vocab_size = %d is more than the corpus supports; the tiny LLaMA gets %d pieces",
+            "synthetic.tiny_llm.vocab_size = %d is more than the corpus supports; the tiny LLaMA gets %d pieces",
             settings.vocab_size,
             vocab_size,
         )

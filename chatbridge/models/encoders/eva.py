@@ -1,4 +1,6 @@
-"""EVA-ViT-g image encoder on timm's `Eva`, numerically equal to LAVIS's `eva_vit.py` (spec 1.2, 1.3, 3.3).
+"""EVA-ViT-g image encoder on timm's `Eva`, numerically equal to LAVIS's `eva_vit.py`.
+
+See docs/reference/chatbridge.md §1.2, §1.3 and §3.3.
 
 ChatBridge (like BLIP-2) feeds the Q-Former with every token of the *penultimate* EVA-CLIP-g block: 39 of 40 blocks,
 no final norm, no pooling, then a separate `ln_vision` LayerNorm (eps 1e-5, computed in fp32) whose weights come
@@ -11,48 +13,99 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import Tensor, nn
 
-from chatbridge.config import VisionEncoderConfig
+from chatbridge.config import EncoderConfig
 from chatbridge.models.layers import Fp32LayerNorm
 from chatbridge.registry import ENCODERS
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-class ImageEncoder(nn.Module):
+@dataclass
+class EvaViTConfig(EncoderConfig):
+    """EVA-ViT (timm's Eva) + `ln_vision`; defaults are EVA-ViT-g as BLIP-2 and ChatBridge use it."""
+
+    name: str = "eva_vit_g"
+    checkpoint: str | None = field(
+        default=None, metadata={"path": "the LAVIS EVA-ViT-g weights `eva_vit_g.pth` (a raw state dict)"}
+    )
+    image_size: int = 224
+    """Input resolution; the position embedding of a checkpoint is interpolated to it."""
+    patch_size: int = 14
+    """Patch size in pixels."""
+    width: int = 1408
+    """Token width (D_v)."""
+    depth: int = 39
+    """Blocks kept: EVA-CLIP-g has 40, ChatBridge uses the penultimate layer's output."""
+    num_heads: int = 16
+    """Attention heads."""
+    mlp_ratio: float = 4.3637
+    """MLP hidden = int(width * mlp_ratio) (6144 for EVA-g)."""
+    layer_norm_eps: float = 1e-6
+    """Eps of the blocks' LayerNorms."""
+    ln_vision_eps: float = 1e-5
+    """Eps of `ln_vision` (LAVIS uses the PyTorch default, not the ViT's 1e-6)."""
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    """Pixel normalisation mean it was trained with (CLIP's)."""
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    """Pixel normalisation std."""
+
+    def output_width(self) -> int:
+        return self.width
+
+    def num_tokens(self, modality: str, item_shape: tuple[int, ...]) -> int:
+        """1 CLS token + one per patch of a (3, H, W) image or frame."""
+        return 1 + (item_shape[-2] // self.patch_size) * (item_shape[-1] // self.patch_size)
+
+    def preprocessing(self, modality: str) -> dict[str, Any]:
+        """Square resize to the built resolution, CLIP statistics; frames of a video like images."""
+        processor = {"image": ("image_processor", "clip_image"), "video": ("video_processor", "video_frames")}
+        if modality not in processor:
+            raise ValueError(f"eva_vit_g encodes images and video frames, not {modality!r}")
+        key, name = processor[modality]
+        return {key: name, "image_size": self.image_size, "mean": self.mean, "std": self.std}
+
+
+class EvaViT(nn.Module):
     """EVA backbone (all tokens of its last block, no final norm) followed by `ln_vision`.
 
     Attributes:
         backbone: timm `Eva` built without final norm, pooling or head.
         ln_vision: BLIP-2's LayerNorm over the backbone tokens.
         width: token width D_v.
-        num_tokens: tokens per image, 1 (CLS) + number of patches.
     """
 
     def __init__(self, backbone: Eva, ln_vision_eps: float) -> None:
         super().__init__()
         self.backbone = backbone
         self.width: int = backbone.embed_dim
-        self.num_tokens: int = backbone.patch_embed.num_patches + backbone.num_prefix_tokens
         self.ln_vision = Fp32LayerNorm(self.width, eps=ln_vision_eps)
 
-    def forward(self, pixels: Tensor) -> Tensor:
-        """Encode normalized pixels (N, 3, H, W) at the built resolution into (N, num_tokens, width) features."""
+    def forward(self, pixels: Tensor, modality: str = "image") -> Tensor:
+        """Encode normalized images or frames (N, 3, H, W) at the built resolution into (N, 1 + patches, width)."""
         # 1. Patch embedding, CLS token, absolute position embedding, the kept blocks. timm's final `norm` and
         #    `norm_pre` are Identity in this configuration (see `build_eva_vit_g`), so this is the raw last block.
         tokens = self.backbone.forward_features(pixels)  # (N, 1 + H/p * W/p, D)
         # 2. BLIP-2's ln_vision.
         return self.ln_vision(tokens)
 
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """The LAVIS `eva_vit_g.pth` into the backbone (`ln_vision` comes from the BLIP-2 checkpoint)."""
+        load_eva_checkpoint(self, path)
+
 
 @ENCODERS.register("eva_vit_g")
-def build_eva_vit_g(cfg: VisionEncoderConfig) -> ImageEncoder:
+def build_eva_vit_g(cfg: EvaViTConfig) -> EvaViT:
     """Build EVA-ViT-g (or a tiny variant) with random weights; load them with `load_eva_checkpoint`.
 
     Every flag that differs from timm's defaults or from EVA-02 is spelled out: LAVIS's EVA is BEiT-style with an
@@ -81,31 +134,18 @@ def build_eva_vit_g(cfg: VisionEncoderConfig) -> ImageEncoder:
         use_post_transformer_norm=False,
         use_fc_norm=False,
     )
-    return ImageEncoder(backbone, ln_vision_eps=cfg.ln_vision_eps)
+    return EvaViT(backbone, ln_vision_eps=cfg.ln_vision_eps)
 
 
-def lavis_eva_to_timm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a LAVIS `eva_vit_g.pth` state dict to timm `Eva` keys.
-
-    Both descend from BEiT and timm 1.0.x kept LAVIS's names (`attn.qkv.weight`, `attn.q_bias`, `attn.v_bias`,
-    `mlp.fc1`, ...; timm's zero `k_bias` is a non-persistent buffer), so this is the identity. It exists so that a
-    future timm rename is handled in one place; the tests compare the key sets with a real `Eva`.
-    """
-    return dict(state_dict)
-
-
-def timm_eva_to_lavis(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of `lavis_eva_to_timm` (also the identity for timm 1.0.x)."""
-    return dict(state_dict)
-
-
-def load_eva_checkpoint(encoder: ImageEncoder, path: str | os.PathLike) -> None:
+def load_eva_checkpoint(encoder: EvaViT, path: str | os.PathLike) -> None:
     """Load LAVIS EVA weights (a raw state dict or `{"model": state_dict}`) into `encoder.backbone`.
 
     Blocks with an index >= the encoder's depth are dropped on purpose: `eva_vit_g.pth` holds all 40 EVA-CLIP-g
     blocks and ChatBridge/BLIP-2 keep 39, so `blocks.39.*` is expected and ignored (LAVIS did this implicitly
     with a non-strict load). The patch part of `pos_embed` is bicubically resized if the grid differs, keeping the
     CLS row. Every other missing or unexpected key raises. `ln_vision` is not in this file (it comes from BLIP-2).
+    LAVIS's key names are timm's (both descend from BEiT: `attn.qkv.weight`, `attn.q_bias`, `attn.v_bias`, ...;
+    timm's zero `k_bias` is a non-persistent buffer), so no renaming is needed; the tests compare the key sets.
 
     Raises:
         ValueError: the file's keys or shapes do not match the backbone, or the encoder is on the meta device.
@@ -116,7 +156,7 @@ def load_eva_checkpoint(encoder: ImageEncoder, path: str | os.PathLike) -> None:
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]
-    state_dict = lavis_eva_to_timm(_drop_blocks_from(state_dict, len(backbone.blocks)))
+    state_dict = _drop_blocks_from(state_dict, len(backbone.blocks))
     if "pos_embed" in state_dict:
         state_dict["pos_embed"] = _resize_pos_embed(state_dict["pos_embed"], backbone, path)
     expected = set(backbone.state_dict())

@@ -1,32 +1,28 @@
-"""Connectors: turn encoder memory into a fixed set of tokens for the LLM projection (spec 1.7-1.9).
+"""ChatBridge's connector: BLIP-2 Q-Formers that turn encoder memory into a fixed number of query tokens.
 
-Every connector takes `memory (B, S, L, D_mem)` - S frames of a video (S = 1 for an image) or S audio segments, L
-tokens each, already in the shared memory width (EVA's 1408; audio is mapped to it by `audio_trans` before this
-module) - and a query set name ("image" serves images and videos, "audio" serves audio). It returns
-`(B, Q, output_width)` and exposes `output_width` and `num_output_tokens(num_items, tokens_per_item)`, which the
-collate uses to reserve placeholder positions. The connector knows nothing about the LLM: the model's `llm_proj`
-maps `output_width` to the LLM width.
+See docs/reference/chatbridge.md §1.7-1.9. A connector takes `memory (B, S, L, D_mem)` - S frames of a video (S = 1
+for an image) or S audio segments, L tokens each, already in the shared memory width (EVA's 1408; the model's
+adapters map other encoders to it) - and the name of a query set (from `model.routes`: "image" serves images and
+videos, "audio" serves audio). It returns `(B, Q, output_width)`; the model's `llm_proj` maps that to the LLM.
 
-ChatBridge's connector is `SharedQFormer`: ONE BLIP-2 Q-Former for all modalities, with one learnable query set per
-modality. The Q-Former is transformers' `Blip2QFormerModel`, which without `use_qformer_text_input` is exactly
-LAVIS's Q-Former after ChatBridge's pruning (no word/position embeddings, no text FFN, no MLM head), so BLIP-2
-weights load by renaming keys only (`lavis_qformer_to_hf`).
+`SharedQFormer` is ChatBridge's: ONE Q-Former for all modalities, one learnable query set per modality. The Q-Former
+is transformers' `Blip2QFormerModel`, which without `use_qformer_text_input` is exactly LAVIS's Q-Former after
+ChatBridge's pruning (no word/position embeddings, no text FFN, no MLM head), so BLIP-2 weights load by renaming
+keys only (`lavis_qformer_to_hf`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from chatbridge.config import PerceiverConfig
+from chatbridge.config import ConnectorConfig
 from chatbridge.registry import CONNECTORS
-
-QuerySet = Literal["image", "audio"]
-QUERY_SETS: tuple[str, ...] = get_args(QuerySet)
 
 _QUERY_INIT_STD = 0.02  # BERT initializer_range; LAVIS initialises query_tokens with it.
 _LAVIS_PREFIX = "Qformer.bert."
@@ -44,35 +40,74 @@ _QUERY_BLOCKS = ("attention", "crossattention", "intermediate_query", "output_qu
 _ATTENTION_BLOCKS = ("attention", "crossattention")
 
 
-def _check_query_set(query_set: str) -> None:
-    if query_set not in QUERY_SETS:
-        raise ValueError(f"unknown query set {query_set!r}; known: {list(QUERY_SETS)}")
+@dataclass
+class QFormerConfig(ConnectorConfig):
+    """A BLIP-2 Q-Former connector; defaults are ChatBridge's shared Q-Former."""
+
+    name: str = "shared_qformer"
+    num_layers: int = 12
+    """Q-Former layers."""
+    hidden_size: int = 768
+    """Q-Former width (D_q)."""
+    num_heads: int = 12
+    """Q-Former attention heads."""
+    intermediate_size: int = 3072
+    """Q-Former feed-forward width."""
+    cross_attention_frequency: int = 2
+    """Cross-attention in every layer whose index is a multiple of this."""
+    num_query_tokens: int = 32
+    """Learnable queries per query set."""
+    dropout: float = 0.0
+    """Hidden and attention dropout (the reference: 0 in stage 1, 0.1 in stage 2)."""
+    layer_norm_eps: float = 1e-12
+    """Q-Former LayerNorm eps (BERT)."""
+    zero_query_sets: list[str] = field(default_factory=lambda: ["audio"])
+    """Query sets initialised to zeros, as the reference's audio queries; the others ~ N(0, 0.02) like BLIP-2's."""
+    temporal_embeddings: bool = False
+    """Add a learned embedding per frame / segment before the Q-Former (`multi_sample` in the reference)."""
+    temporal_lengths: dict[str, int] = field(default_factory=lambda: {"image": 4, "audio": 2})
+    """Frames / segments each query set's temporal embedding covers."""
+    blip2_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "path": "the LAVIS BLIP-2 checkpoint `blip2_pretrained_flant5xxl.pth` (its `model` holds the Q-Former)"
+        },
+    )
+    """BLIP-2 weights that initialise the Q-Former, the image queries and `ln_vision`; None keeps the random init."""
+
+    def output_tokens(self, num_items: int, tokens_per_item: int) -> int:
+        """Always Q: the queries summarise any number of frames or segments."""
+        return self.num_query_tokens
+
+    def output_width(self, memory_width: int) -> int:
+        return self.hidden_size
 
 
-def _make_query_tokens(num_query_tokens: int, hidden_size: int, audio_query_init: str) -> nn.ParameterDict:
-    """Image queries ~ N(0, 0.02) as in LAVIS; audio queries zeros as in the reference (spec 1.8) or the same normal.
+def _make_query_tokens(query_sets: Sequence[str], cfg: QFormerConfig) -> nn.ParameterDict:
+    """One (1, Q, H) parameter per query set, created in route order (so a seed gives the same values).
 
-    Zero audio queries are all identical at the start and only diverge through the LLM loss; "normal" is offered as
-    the obvious alternative for ablations.
+    Zero audio queries (the reference) are all identical at the start and only diverge through the LLM loss.
     """
-    if audio_query_init not in ("zeros", "normal"):
-        raise ValueError(f"unknown audio_query_init {audio_query_init!r}; known: ['zeros', 'normal']")
-    shape = (1, num_query_tokens, hidden_size)
-    image = nn.init.normal_(torch.empty(shape), std=_QUERY_INIT_STD)
-    audio = torch.zeros(shape)
-    if audio_query_init == "normal":
-        nn.init.normal_(audio, std=_QUERY_INIT_STD)
-    return nn.ParameterDict({"image": nn.Parameter(image), "audio": nn.Parameter(audio)})
+    tokens = {}
+    for name in query_sets:
+        values = torch.zeros(1, cfg.num_query_tokens, cfg.hidden_size)
+        if name not in cfg.zero_query_sets:
+            nn.init.normal_(values, std=_QUERY_INIT_STD)
+        tokens[name] = nn.Parameter(values)
+    return nn.ParameterDict(tokens)
 
 
-def _make_temporal_embeddings(lengths: dict[str, int] | None, memory_width: int) -> nn.ParameterDict | None:
-    """One zero-initialised `(1, length, 1, D_mem)` table per query set (`multi_sample` in the reference, spec 1.9)."""
-    if lengths is None:
+def _make_temporal_embeddings(
+    query_sets: Sequence[str], cfg: QFormerConfig, memory_width: int
+) -> nn.ParameterDict | None:
+    """One zero-initialised `(1, length, 1, D_mem)` table per query set (`multi_sample`, §1.9)."""
+    if not cfg.temporal_embeddings:
         return None
-    if sorted(lengths) != sorted(QUERY_SETS):
-        raise ValueError(f"temporal lengths must cover exactly {list(QUERY_SETS)}, got {sorted(lengths)}")
+    missing = [name for name in query_sets if name not in cfg.temporal_lengths]
+    if missing:
+        raise ValueError(f"model.connector.temporal_lengths has no length for query sets {missing}")
     return nn.ParameterDict(
-        {name: nn.Parameter(torch.zeros(1, length, 1, memory_width)) for name, length in lengths.items()}
+        {name: nn.Parameter(torch.zeros(1, cfg.temporal_lengths[name], 1, memory_width)) for name in query_sets}
     )
 
 
@@ -105,6 +140,11 @@ def _cross_attend(qformer: Blip2QFormerModel, queries: Tensor, memory: Tensor) -
     return output.last_hidden_state  # (B, Q, H)
 
 
+def _check_query_set(tokens: nn.ParameterDict, query_set: str) -> None:
+    if query_set not in tokens:
+        raise ValueError(f"unknown query set {query_set!r}; known: {list(tokens)}")
+
+
 class SharedQFormer(nn.Module):
     """ChatBridge's connector: one Q-Former shared by all modalities, one learnable query set per modality.
 
@@ -113,33 +153,25 @@ class SharedQFormer(nn.Module):
 
     Args:
         qformer: The Q-Former, built by `build_shared_qformer` (random init) and loaded later.
-        num_query_tokens: Q, queries per set.
-        audio_query_init: "zeros" (reference) or "normal".
-        temporal_lengths: Frames / segments covered by a learned per-frame embedding, keyed by query set;
-            None disables the embeddings (the released model was trained without them).
+        query_tokens: One (1, Q, H) parameter per query set.
+        temporal_embeddings: Per-frame/segment embeddings per query set, or None (the released model has none).
     """
 
     def __init__(
         self,
         qformer: Blip2QFormerModel,
-        num_query_tokens: int,
-        audio_query_init: str,
-        temporal_lengths: dict[str, int] | None,
+        query_tokens: nn.ParameterDict,
+        temporal_embeddings: nn.ParameterDict | None,
     ) -> None:
         super().__init__()
         self.qformer = qformer
-        self.query_tokens = _make_query_tokens(num_query_tokens, qformer.config.hidden_size, audio_query_init)
-        self.temporal_embeddings = _make_temporal_embeddings(temporal_lengths, qformer.config.encoder_hidden_size)
+        self.query_tokens = query_tokens
+        self.temporal_embeddings = temporal_embeddings
         self.output_width: int = qformer.config.hidden_size
-        self.num_query_tokens = num_query_tokens
-
-    def num_output_tokens(self, num_items: int, tokens_per_item: int) -> int:
-        """Always Q: the queries summarise any number of frames/segments."""
-        return self.num_query_tokens
 
     def forward(self, memory: Tensor, query_set: str) -> Tensor:
         """Map `memory (B, S, L, D_mem)` to `(B, Q, H)` with the queries of `query_set`."""
-        _check_query_set(query_set)
+        _check_query_set(self.query_tokens, query_set)
         memory = _add_temporal(memory, self.temporal_embeddings, query_set)
         return _cross_attend(self.qformer, self.query_tokens[query_set], memory)
 
@@ -148,84 +180,30 @@ class PerModalityQFormer(nn.Module):
     """X-InstructBLIP-style connector: a separate Q-Former (and query set) per modality, same interface.
 
     An ablation of ChatBridge's sharing: the audio Q-Former no longer shares weights with the vision one.
-
-    Args:
-        qformers: One Q-Former per query set, all with the same width.
-        num_query_tokens: Q, queries per set.
-        audio_query_init: "zeros" or "normal".
-        temporal_lengths: As in `SharedQFormer`.
     """
 
     def __init__(
         self,
         qformers: dict[str, Blip2QFormerModel],
-        num_query_tokens: int,
-        audio_query_init: str,
-        temporal_lengths: dict[str, int] | None,
+        query_tokens: nn.ParameterDict,
+        temporal_embeddings: nn.ParameterDict | None,
     ) -> None:
         super().__init__()
-        if sorted(qformers) != sorted(QUERY_SETS):
-            raise ValueError(f"need one Q-Former per query set {list(QUERY_SETS)}, got {sorted(qformers)}")
-        config = qformers["image"].config
+        if sorted(qformers) != sorted(query_tokens):
+            raise ValueError(f"need one Q-Former per query set {list(query_tokens)}, got {sorted(qformers)}")
         self.qformers = nn.ModuleDict(qformers)
-        self.query_tokens = _make_query_tokens(num_query_tokens, config.hidden_size, audio_query_init)
-        self.temporal_embeddings = _make_temporal_embeddings(temporal_lengths, config.encoder_hidden_size)
-        self.output_width: int = config.hidden_size
-        self.num_query_tokens = num_query_tokens
-
-    def num_output_tokens(self, num_items: int, tokens_per_item: int) -> int:
-        """Always Q, as for `SharedQFormer`."""
-        return self.num_query_tokens
+        self.query_tokens = query_tokens
+        self.temporal_embeddings = temporal_embeddings
+        self.output_width: int = next(iter(qformers.values())).config.hidden_size
 
     def forward(self, memory: Tensor, query_set: str) -> Tensor:
         """Map `memory (B, S, L, D_mem)` to `(B, Q, H)` with the Q-Former and queries of `query_set`."""
-        _check_query_set(query_set)
+        _check_query_set(self.query_tokens, query_set)
         memory = _add_temporal(memory, self.temporal_embeddings, query_set)
         return _cross_attend(self.qformers[query_set], self.query_tokens[query_set], memory)
 
 
-class LinearConnector(nn.Module):
-    """LLaVA-1 style: no resampling; every memory token goes to the LLM, and `llm_proj` is the linear projector.
-
-    The query set is accepted (and checked) only to keep the connector interface uniform.
-    """
-
-    def __init__(self, memory_width: int) -> None:
-        super().__init__()
-        self.output_width = memory_width
-
-    def num_output_tokens(self, num_items: int, tokens_per_item: int) -> int:
-        """All S*L tokens pass through."""
-        return num_items * tokens_per_item
-
-    def forward(self, memory: Tensor, query_set: str) -> Tensor:
-        """`(B, S, L, D_mem)` -> `(B, S*L, D_mem)`."""
-        _check_query_set(query_set)
-        return memory.flatten(1, 2)
-
-
-class MLPConnector(nn.Module):
-    """LLaVA-1.5 style: Linear + GELU per token; followed by the model's `llm_proj` this is `mlp2x_gelu`.
-
-    LLaVA-1.5's first layer already has the LLM width, so set `hidden_size` to it to reproduce that exactly.
-    """
-
-    def __init__(self, memory_width: int, hidden_size: int) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(memory_width, hidden_size), nn.GELU())
-        self.output_width = hidden_size
-
-    def num_output_tokens(self, num_items: int, tokens_per_item: int) -> int:
-        """All S*L tokens pass through."""
-        return num_items * tokens_per_item
-
-    def forward(self, memory: Tensor, query_set: str) -> Tensor:
-        """`(B, S, L, D_mem)` -> `(B, S*L, hidden_size)`."""
-        _check_query_set(query_set)
-        return self.proj(memory.flatten(1, 2))
-
-
-def _hf_qformer(cfg: PerceiverConfig, memory_width: int) -> Blip2QFormerModel:
+def _hf_qformer(cfg: QFormerConfig, memory_width: int) -> Blip2QFormerModel:
     """A randomly initialised Q-Former without the text branch (`use_qformer_text_input=False`)."""
     config = Blip2QFormerConfig(
         hidden_size=cfg.hidden_size,
@@ -242,43 +220,20 @@ def _hf_qformer(cfg: PerceiverConfig, memory_width: int) -> Blip2QFormerModel:
     return Blip2QFormerModel(config)
 
 
-def _temporal_lengths(cfg: PerceiverConfig) -> dict[str, int] | None:
-    if not cfg.temporal_embeddings:
-        return None
-    return {"image": cfg.max_frames, "audio": cfg.max_audio_segments}
-
-
-def _reject_temporal(cfg: PerceiverConfig) -> None:
-    if cfg.temporal_embeddings:
-        raise ValueError(f"temporal_embeddings needs a Q-Former connector, not {cfg.name!r}")
-
-
 @CONNECTORS.register("shared_qformer")
-def build_shared_qformer(cfg: PerceiverConfig, memory_width: int) -> nn.Module:
-    """ChatBridge's connector, randomly initialised (BLIP-2 weights come later via `load_blip2_checkpoint`)."""
+def build_shared_qformer(cfg: QFormerConfig, memory_width: int, query_sets: Sequence[str]) -> SharedQFormer:
+    """ChatBridge's connector, randomly initialised (BLIP-2 weights come later via `read_blip2_checkpoint`)."""
     qformer = _hf_qformer(cfg, memory_width)
-    return SharedQFormer(qformer, cfg.num_query_tokens, cfg.audio_query_init, _temporal_lengths(cfg))
+    tokens = _make_query_tokens(query_sets, cfg)
+    return SharedQFormer(qformer, tokens, _make_temporal_embeddings(query_sets, cfg, memory_width))
 
 
 @CONNECTORS.register("qformer_per_modality")
-def build_qformer_per_modality(cfg: PerceiverConfig, memory_width: int) -> nn.Module:
+def build_qformer_per_modality(cfg: QFormerConfig, memory_width: int, query_sets: Sequence[str]) -> PerModalityQFormer:
     """One Q-Former per query set, randomly initialised."""
-    qformers = {name: _hf_qformer(cfg, memory_width) for name in QUERY_SETS}
-    return PerModalityQFormer(qformers, cfg.num_query_tokens, cfg.audio_query_init, _temporal_lengths(cfg))
-
-
-@CONNECTORS.register("linear")
-def build_linear_connector(cfg: PerceiverConfig, memory_width: int) -> nn.Module:
-    """Identity connector (LLaVA-1); only `name` and `temporal_embeddings` of `cfg` are read."""
-    _reject_temporal(cfg)
-    return LinearConnector(memory_width)
-
-
-@CONNECTORS.register("mlp")
-def build_mlp_connector(cfg: PerceiverConfig, memory_width: int) -> nn.Module:
-    """Linear + GELU connector (LLaVA-1.5 with `llm_proj`); its width is `cfg.hidden_size`."""
-    _reject_temporal(cfg)
-    return MLPConnector(memory_width, cfg.hidden_size)
+    qformers = {name: _hf_qformer(cfg, memory_width) for name in query_sets}
+    tokens = _make_query_tokens(query_sets, cfg)
+    return PerModalityQFormer(qformers, tokens, _make_temporal_embeddings(query_sets, cfg, memory_width))
 
 
 def _is_lavis_text_part(key: str) -> bool:
@@ -314,7 +269,7 @@ def _hf_key_to_lavis(key: str) -> str:
 
 
 def lavis_qformer_to_hf(state_dict: dict[str, Tensor], *, drop_text_parts: bool = False) -> dict[str, Tensor]:
-    """Rename a LAVIS / ChatBridge Q-Former state dict to `Blip2QFormerModel` names (spec 3.2).
+    """Rename a LAVIS / ChatBridge Q-Former state dict to `Blip2QFormerModel` names (docs/reference/chatbridge.md §3.2).
 
     Input keys carry the full LAVIS prefix, exactly as in BLIP-2 and ChatBridge checkpoints: `Qformer.bert.*` (and
     `Qformer.cls.*`); output keys are relative to `Blip2QFormerModel`, ready for its `load_state_dict`. The
@@ -352,15 +307,15 @@ def hf_qformer_to_lavis(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {_hf_key_to_lavis(key): tensor for key, tensor in state_dict.items()}
 
 
-def load_blip2_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read the tensors ChatBridge initialises from a LAVIS BLIP-2 checkpoint, renamed to this package's names.
+def read_blip2_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The tensors ChatBridge initialises from a LAVIS BLIP-2 checkpoint: (connector tensors, `ln_vision` tensors).
 
-    Taken: the pruned Q-Former (`Qformer.bert.*` -> `perceiver.qformer.*`), `query_tokens` ->
-    `perceiver.query_tokens.image` (spec 3.7's remap) and `ln_vision.*` -> `image_encoder.ln_vision.*`.
-    Ignored on purpose: `visual_encoder.*` (EVA comes from its own file), the Q-Former's text branch
-    (`Qformer.cls.*`, word/position embeddings, per-layer text FFN) and `position_ids`, the LLM side (`t5_proj.*`,
-    `t5_model.*`, `opt_proj.*`, `llm_proj.*`, ...) and the stage-1 heads (`vision_proj`, `text_proj`, `itm_head`,
-    `temp`). Audio queries have no BLIP-2 counterpart and keep their own init.
+    Connector tensors are named relative to `SharedQFormer`: the pruned Q-Former (`Qformer.bert.*` ->
+    `qformer.*`) and `query_tokens` -> `query_tokens.image` (the remap of §3.7). `ln_vision.*` is returned
+    separately as `weight`/`bias`: it belongs to the image encoder. Ignored on purpose: `visual_encoder.*` (EVA comes
+    from its own file), the Q-Former's text branch and `position_ids`, the LLM side (`t5_proj.*`, `t5_model.*`,
+    `opt_proj.*`, `llm_proj.*`, ...) and the stage-1 heads (`vision_proj`, `text_proj`, `itm_head`, `temp`). Audio
+    queries have no BLIP-2 counterpart and keep their own init.
 
     Raises:
         ValueError: Naming the file, if it is not `{"model": state_dict}` or lacks the Q-Former, `query_tokens` or
@@ -375,8 +330,7 @@ def load_blip2_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     missing = [key for key in required if key not in state_dict] + ([] if qformer else ["Qformer.bert.*"])
     if missing:
         raise ValueError(f"{os.fspath(path)!r} is not a BLIP-2 checkpoint: missing {missing}")
-    tensors = {f"perceiver.qformer.{key}": t for key, t in lavis_qformer_to_hf(qformer, drop_text_parts=True).items()}
-    tensors["perceiver.query_tokens.image"] = state_dict["query_tokens"]
-    tensors["image_encoder.ln_vision.weight"] = state_dict["ln_vision.weight"]
-    tensors["image_encoder.ln_vision.bias"] = state_dict["ln_vision.bias"]
-    return tensors
+    connector = {f"qformer.{key}": t for key, t in lavis_qformer_to_hf(qformer, drop_text_parts=True).items()}
+    connector["query_tokens.image"] = state_dict["query_tokens"]
+    ln_vision = {"weight": state_dict["ln_vision.weight"], "bias": state_dict["ln_vision.bias"]}
+    return connector, ln_vision
