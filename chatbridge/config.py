@@ -180,6 +180,8 @@ class ModelConfig:
     """Glob patterns of parameter names that train; everything else is frozen."""
     max_txt_len: int = 32
     """Positions per sample: caption tokens in stage 1 (reference: 32), text and soft tokens in stage 2 (220)."""
+    chat_template: str = "chatbridge"
+    """Registered chat template: how chat, demo and evaluation prompts are rendered and tokenised."""
     faithful: FaithfulConfig = field(default_factory=FaithfulConfig)
     """Reference quirks (off unless the faithful preset turns them on)."""
     init_seed: int = 0
@@ -380,14 +382,26 @@ class GenerationSettings:
     """Penalty on repeated tokens (1: none)."""
     seed: int = 0
     """Seed of sampling: the same seed, prompt and settings give the same answer."""
-    stop: str = "###"
-    """An answer ends at this text (the turn separator of the training template)."""
+    stop: str | None = None
+    """An answer ends at this text; None: the chat template's (ChatBridge's turn separator `###`)."""
     max_context: int | None = None
     """Prompt + answer tokens at most; None: the LLM's `max_position_embeddings`."""
     overflow: Literal["truncate", "refuse"] = "truncate"
     """When a conversation outgrows the context: drop the oldest turns' text (never media or BOS), or refuse."""
     faithful: bool = False
     """Re-render and re-run the whole conversation every turn, tokenised as the reference chat did (no cache)."""
+
+
+@dataclass
+class DemoSettings:
+    """The Gradio chat demo (`demo.py`)."""
+
+    max_upload_megabytes: float = 50.0
+    """Uploads larger than this are refused with a message in the chat."""
+    concurrency: int = 1
+    """Answers generated at once; further requests queue (sessions are never mixed)."""
+    examples: bool = True
+    """Offer clickable examples from the synthetic world when the config has one."""
 
 
 @dataclass
@@ -436,6 +450,8 @@ class TrainConfig:
     """How to run."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """How the chat, the demo and evaluation generate."""
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    """The Gradio demo."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """The synthetic world and stand-in weights (tiny presets)."""
 

@@ -301,6 +301,7 @@ def registry_references(config: TrainConfig) -> list[tuple[str, Any, str]]:
         ("model.arch", registry.MODELS, model.arch),
         ("model.connector.name", registry.CONNECTORS, model.connector.name),
         ("model.llm.name", registry.LLMS, model.llm.name),
+        ("model.chat_template", registry.CHAT_TEMPLATES, model.chat_template),
     ]
     references += [(f"model.encoders.{key}.name", registry.ENCODERS, e.name) for key, e in model.encoders.items()]
     references += [(f"datasets.{name}.builder", registry.DATASETS, d.builder) for name, d in config.datasets.items()]

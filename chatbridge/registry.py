@@ -52,6 +52,7 @@ MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset builder")
 PROCESSORS: Registry = Registry("processor")
 TASKS: Registry = Registry("evaluation task")
+CHAT_TEMPLATES: Registry = Registry("chat template")
 
 
 def load_builtin_components() -> None:

@@ -45,3 +45,4 @@ def test_builtin_names_are_exactly_these():
     assert registry.MODELS.names() == ["chatbridge"]
     assert registry.DATASETS.names() == ["caption_json", "caption_shards", "multis_json"]
     assert registry.PROCESSORS.names() == ["beats_fbank", "clip_image", "video_frames"]
+    assert registry.CHAT_TEMPLATES.names() == ["chatbridge"]

@@ -1,9 +1,8 @@
 """A trained model ready to answer: load it once, then generate for many prompts at once, score answers, or chat.
 
-Prompts are rendered with the training template and tokenised segment by segment exactly as training did
-(`data.templates.render_chat_turn`, `data.tokenize.encode_conversation`), and padded by the training collate, so
-inference sees what the model was tuned on and a batch left-padded together generates what each prompt generates
-alone.
+Prompts are rendered and tokenised by the model's chat template exactly as training renders and tokenises its
+samples (`data.chat_templates`; ChatBridge's: segment by segment), and padded by the training collate, so inference
+sees what the model was tuned on and a batch left-padded together generates what each prompt generates alone.
 """
 
 from __future__ import annotations
@@ -21,16 +20,13 @@ from chatbridge.config import GenerationSettings, Modality, TrainConfig
 from chatbridge.data.batch import ChatBridgeBatch
 from chatbridge.data.collate import collate
 from chatbridge.data.sample import Medium, MultimodalSample
-from chatbridge.data.templates import render_chat_turn
-from chatbridge.data.tokenize import EncodedSample, encode_conversation
+from chatbridge.data.tokenize import EncodedSample
 from chatbridge.inference.generation import cut_at_stop, generate_from_embeds
 from chatbridge.inference.media import MediaFile, MediaReader
 from chatbridge.models.chatbridge import ChatBridgeModel
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.models.setup import build_model_for_training
-
-UNLIMITED = 1 << 30
-"""`max_txt_len` for prompts: inference never truncates a prompt silently (the context policy decides)."""
+from chatbridge.registry import CHAT_TEMPLATES
 
 
 @dataclass
@@ -59,19 +55,27 @@ class Prompt:
 
 
 class InferenceEngine:
-    """A model in eval mode with its tokenizer, media reader and generation settings.
+    """A model in eval mode with its tokenizer, media reader, chat template and generation settings.
 
     Args:
         model: The ChatBridge model (eval mode, nothing trains).
         tokenizer: Its tokenizer.
         reader: Turns media files into encoder inputs.
-        settings: How to generate.
+        settings: How to generate (`settings.stop` None: the template's stop text).
+        template: The registered chat template's name (`model.chat_template`).
     """
 
-    def __init__(
-        self, model: ChatBridgeModel, tokenizer: PreTrainedTokenizer, reader: MediaReader, settings: GenerationSettings
+    def __init__(  # noqa: PLR0913 - the parts of an engine
+        self,
+        model: ChatBridgeModel,
+        tokenizer: PreTrainedTokenizer,
+        reader: MediaReader,
+        settings: GenerationSettings,
+        template: str = "chatbridge",
     ) -> None:
-        self.model, self.tokenizer, self.reader, self.settings = model.eval(), tokenizer, reader, settings
+        self.model, self.tokenizer, self.reader = model.eval(), tokenizer, reader
+        self.template = CHAT_TEMPLATES.get(template)()
+        self.settings = settings if settings.stop else dataclasses.replace(settings, stop=self.template.stop)
 
     @property
     def device(self) -> torch.device:
@@ -96,10 +100,14 @@ class InferenceEngine:
         return [EncodedMedium(m.modality, s, str(m.path)) for m, s in zip(media, soft, strict=True)]
 
     def turn_prompt(self, question: str | None, media: Sequence[EncodedMedium], first: bool) -> Prompt:
-        """One chat turn, rendered with the training template and tokenised as training does."""
-        text = render_chat_turn([medium.modality for medium in media], question, first)
+        """One chat turn, rendered with the chat template and tokenised as training does."""
+        text = self.template.render_turn([medium.modality for medium in media], question, first)
+        return self.encode_text(text, media)
+
+    def encode_text(self, text: str, media: Sequence[EncodedMedium]) -> Prompt:
+        """A rendered text (one `<query>` per medium) as a prompt, tokenised by the chat template."""
         counts = [medium.soft_tokens.shape[0] for medium in media]
-        return Prompt(encode_conversation(text, self.tokenizer, counts, UNLIMITED), list(media))
+        return Prompt(self.template.encode(text, self.tokenizer, counts), list(media))
 
     def embed_prompts(self, prompts: Sequence[Prompt]) -> tuple[Tensor, Tensor, ChatBridgeBatch]:
         """Left-padded input embeddings (B, L, D) and attention mask (B, L) of prompts, BOS first."""
@@ -128,15 +136,14 @@ class InferenceEngine:
     def score(self, requests: Sequence[Request], answers: Sequence[str]) -> Tensor:
         """Mean negative log-likelihood per answer token of each `answers[i]` given `requests[i]` (B,).
 
-        The answer is appended as training appends a target (`{answer}\\n###`), so likelihood-based multiple choice
-        ranks options exactly by the training loss.
+        The answer is appended as training appends a target (`{answer}` + the template's answer suffix, `\\n###`
+        for ChatBridge), so likelihood-based multiple choice ranks options exactly by the training loss.
         """
         prompts = []
         for request, answer in zip(requests, answers, strict=True):
             media = self.encode_media(request.media)
-            text = render_chat_turn([m.modality for m in media], request.question, first=True) + f"{answer}\n###"
-            counts = [m.soft_tokens.shape[0] for m in media]
-            prompts.append(Prompt(encode_conversation(text, self.tokenizer, counts, UNLIMITED), media))
+            text = self.template.render_turn([m.modality for m in media], request.question, True)
+            prompts.append(self.encode_text(text + answer + self.template.answer_suffix, media))
         embeds, _, batch = self.embed_prompts(prompts)
         with torch.no_grad():
             return self.model.loss_from_embeds(embeds, batch).per_sample_loss
@@ -158,4 +165,5 @@ def load_engine(config: TrainConfig, device: str | None = None) -> InferenceEngi
     target = torch.device("cuda" if chosen == "cuda" or (chosen == "auto" and torch.cuda.is_available()) else "cpu")
     model = build_model_for_training(dataclasses.replace(model_cfg, trainable=[]), target)
     reader = MediaReader(config.processor, model_cfg)
-    return InferenceEngine(model, load_tokenizer(model_cfg.llm.path), reader, config.generation)
+    tokenizer = load_tokenizer(model_cfg.llm.path)
+    return InferenceEngine(model, tokenizer, reader, config.generation, model_cfg.chat_template)
