@@ -393,6 +393,48 @@ class GenerationSettings:
 
 
 @dataclass
+class BenchmarkConfig:
+    """One benchmark of an evaluation run, read from its official annotation files as distributed."""
+
+    task: str = "captioning"
+    """Registered evaluation task: captioning, open_qa, classification, multiple_choice, dialogue, synthetic_world."""
+    format: str = "karpathy_caption"
+    """Annotation format (a reader of `chatbridge.evaluation.benchmarks.READERS`)."""
+    annotations: str | None = path_field("the benchmark's annotation file, as its authors distribute it")
+    """The annotation file."""
+    extra_annotations: str | None = path_field("the second annotation file the format needs")
+    """VQA-style answers next to the questions, or MSVD-QA's video-name mapping."""
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the reader (split, image_pattern, folds, ...)."""
+    image_root: str | None = path_field("the folder the benchmark's image names are relative to")
+    """Image folder."""
+    video_root: str | None = path_field("the folder the benchmark's video names (files or frame folders) are in")
+    """Video folder."""
+    audio_root: str | None = path_field("the folder the benchmark's audio names are relative to")
+    """Audio folder; None for audio-visual benchmarks means each video's own sound track."""
+    prompt: str = "{question}"
+    """The question sent to the model; `{question}` is the item's question (captioning: the instruction itself)."""
+    held_out: bool = True
+    """Zero-shot: nothing of this benchmark is in the training mixture (MULTIS holds VQAv2, COCO, MSRVTT, AudioCaps)."""
+    metrics: list[str] = field(default_factory=list)
+    """Metrics to report; empty: the task's defaults."""
+    max_items: int | None = None
+    """Evaluate only the first items (quick checks); None: all."""
+    batch_size: int = 8
+    """Prompts generated together."""
+
+
+@dataclass
+class EvaluationConfig:
+    """What `evaluate.py` runs and where its predictions, metrics and table go."""
+
+    benchmarks: dict[str, BenchmarkConfig] = field(default_factory=dict)
+    """Named benchmarks."""
+    output_dir: str = path_field("a folder for predictions, metrics and the results table", default="outputs/eval")
+    """Predictions (`<benchmark>/predictions.rank<r>.jsonl`), metrics and `results.md` go here."""
+
+
+@dataclass
 class DemoSettings:
     """The Gradio chat demo (`demo.py`)."""
 
@@ -452,6 +494,8 @@ class TrainConfig:
     """How the chat, the demo and evaluation generate."""
     demo: DemoSettings = field(default_factory=DemoSettings)
     """The Gradio demo."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Benchmarks for `evaluate.py`."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """The synthetic world and stand-in weights (tiny presets)."""
 

@@ -305,6 +305,8 @@ def registry_references(config: TrainConfig) -> list[tuple[str, Any, str]]:
     ]
     references += [(f"model.encoders.{key}.name", registry.ENCODERS, e.name) for key, e in model.encoders.items()]
     references += [(f"datasets.{name}.builder", registry.DATASETS, d.builder) for name, d in config.datasets.items()]
+    benchmarks = config.evaluation.benchmarks.items()
+    references += [(f"evaluation.benchmarks.{name}.task", registry.TASKS, b.task) for name, b in benchmarks]
     processors = [("processor", config.processor)] + [
         (f"datasets.{n}.processor", d.processor) for n, d in config.datasets.items()
     ]

@@ -126,8 +126,12 @@ class InferenceEngine:
 
     def generate(self, requests: Sequence[Request], settings: GenerationSettings | None = None) -> list[str]:
         """Answers to single-turn prompts, generated together (left-padded into one batch)."""
-        settings = settings or self.settings
         prompts = [self.turn_prompt(r.question, self.encode_media(r.media), first=True) for r in requests]
+        return self.generate_prompts(prompts, settings)
+
+    def generate_prompts(self, prompts: Sequence[Prompt], settings: GenerationSettings | None = None) -> list[str]:
+        """Answers after prompts built by `turn_prompt` / `encode_text` (e.g. dialogues with their history)."""
+        settings = settings or self.settings
         embeds, mask, _ = self.embed_prompts(prompts)
         generated = generate_from_embeds(self.model.llm, self.tokenizer, embeds, mask, settings)
         texts = self.tokenizer.batch_decode(generated.tokens, skip_special_tokens=True)
@@ -149,7 +153,7 @@ class InferenceEngine:
             return self.model.loss_from_embeds(embeds, batch).per_sample_loss
 
 
-def load_engine(config: TrainConfig, device: str | None = None) -> InferenceEngine:
+def load_engine(config: TrainConfig, device: torch.device | None = None) -> InferenceEngine:
     """Build the configured model with every checkpoint loaded, in eval mode, nothing trainable.
 
     Raises:
@@ -161,8 +165,9 @@ def load_engine(config: TrainConfig, device: str | None = None) -> InferenceEngi
             f"model.checkpoint = {model_cfg.checkpoint} does not exist; train it first (the tiny default: "
             "bash scripts/quickstart.sh) or point model.checkpoint at a checkpoint"
         )
-    chosen = device or config.run.device
-    target = torch.device("cuda" if chosen == "cuda" or (chosen == "auto" and torch.cuda.is_available()) else "cpu")
+    chosen = config.run.device
+    use_cuda = chosen == "cuda" or (chosen == "auto" and torch.cuda.is_available())
+    target = device or torch.device("cuda" if use_cuda else "cpu")
     model = build_model_for_training(dataclasses.replace(model_cfg, trainable=[]), target)
     reader = MediaReader(config.processor, model_cfg)
     tokenizer = load_tokenizer(model_cfg.llm.path)
