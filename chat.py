@@ -12,11 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from chatbridge.cli import config_argument_parser, fail, load_config_or_exit, setup_logging
+from chatbridge.cli import config_argument_parser, fail, load_config_or_exit, setup_logging, user_errors_exit
 
 COMMANDS = {"/image": ("image",), "/video": ("video",), "/video+audio": ("video", "audio"), "/audio": ("audio",)}
 
 
+@user_errors_exit
 def main() -> int:
     parser = config_argument_parser("Chat with ChatBridge about images, videos and audio.")
     parser.add_argument("--image", action="append", default=[], metavar="FILE", help="an image (repeatable)")
@@ -28,14 +29,13 @@ def main() -> int:
     setup_logging()
     config = load_config_or_exit(args)
 
+    from chatbridge.config_loading import check_inputs_exist
     from chatbridge.inference.engine import load_engine
     from chatbridge.inference.media import MediaFile, MediaInputError, media_files
     from chatbridge.inference.session import ChatSession, ContextOverflow
 
-    try:
-        session = ChatSession(load_engine(config))
-    except (FileNotFoundError, ValueError) as error:
-        return fail(error)
+    check_inputs_exist(config, ("model",))
+    session = ChatSession(load_engine(config))
     media = media_files(args.image, args.video, args.audio, args.with_audio)
     if args.question is not None:
         try:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from chatbridge.cli import config_argument_parser, fail, load_config_or_exit, setup_logging
+from chatbridge.cli import config_argument_parser, fail, load_config_or_exit, setup_logging, user_errors_exit
 
 
+@user_errors_exit
 def main() -> int:
     parser = config_argument_parser("Evaluate ChatBridge on the benchmarks of an eval config.")
     args = parser.parse_args()
@@ -23,17 +24,18 @@ def main() -> int:
     if not config.evaluation.benchmarks:
         return fail(f"{args.cfg_path}: evaluation.benchmarks is empty: name at least one benchmark to run")
 
+    from chatbridge.config_loading import check_inputs_exist, check_output_folder
     from chatbridge.evaluation.runner import RESULTS_FILE, evaluate
     from chatbridge.inference.engine import load_engine
     from chatbridge.synthetic import prepare
     from chatbridge.training.distributed import cleanup_distributed, setup_distributed
 
+    check_output_folder(config.evaluation.output_dir, "evaluation.output_dir")
+    prepare(config)
+    check_inputs_exist(config, ("model", "evaluation"))
     context = setup_distributed(config.run.device)
     try:
-        prepare(config)
         evaluate(config, load_engine(config, context.device), context)
-    except (FileNotFoundError, ValueError) as error:
-        return fail(error)
     finally:
         cleanup_distributed()
     if context.is_main:

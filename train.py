@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from chatbridge.cli import config_argument_parser, load_config_or_exit, setup_logging
+from chatbridge.cli import config_argument_parser, load_config_or_exit, setup_logging, user_errors_exit
 
 
+@user_errors_exit
 def main() -> int:
     parser = config_argument_parser("Train ChatBridge on a YAML-described stage.")
     parser.add_argument(
@@ -26,10 +27,13 @@ def main() -> int:
         print(dry_run_report(config, args.world_size))
         return 0
 
+    from chatbridge.config_loading import check_inputs_exist, check_output_folder
     from chatbridge.synthetic import prepare
     from chatbridge.training.loop import train
 
+    check_output_folder(config.run.output_dir, "run.output_dir")
     prepare(config)
+    check_inputs_exist(config)
     result = train(config)
     print(f"final checkpoint: {result.final_checkpoint}")
     print(f"loss log:         {result.metrics_file}")

@@ -63,7 +63,7 @@ def write_llm(folder: Path, width: int, layers: int, tokenizer_folder: Path, voc
 
 
 def build_engine(work: Path, width: int, layers: int, tokens: int):
-    from chatbridge.config import GenerationSettings
+    from chatbridge.config_apps import GenerationSettings
     from chatbridge.config_loading import load_config
     from chatbridge.inference.engine import InferenceEngine
     from chatbridge.inference.media import MediaReader

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 from chatbridge.config import TrainConfig
 from chatbridge.config_loading import ConfigError, check_registry_names, load_config
+from chatbridge.errors import UserError
 
 
 def config_argument_parser(description: str) -> argparse.ArgumentParser:
@@ -45,7 +48,24 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def fail(error: BaseException) -> int:
+def fail(error: BaseException | str) -> int:
     """Report a user-facing error as one line on stderr; returns the exit code (2) for `sys.exit`."""
     print(f"error: {error}", file=sys.stderr)
     return 2
+
+
+def user_errors_exit(main: Callable[[], int]) -> Callable[[], int]:
+    """Run an entry point so that a user's mistake (a setting, a path, a file) ends in one line and exit code 2.
+
+    `UserError` and FileNotFoundError (which this package raises only with the missing path in the message) are the
+    user's; any other exception is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapped() -> int:
+        try:
+            return main()
+        except (UserError, FileNotFoundError) as error:
+            return fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+    return wrapped

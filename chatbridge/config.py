@@ -17,18 +17,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chatbridge.config_apps import DemoSettings, EvaluationConfig, GenerationSettings
+from chatbridge.config_fields import at_least, path_field, require
+
 Modality = Literal["image", "video", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
 Precision = Literal["fp32", "bf16", "fp16"]
-
-# Fields whose value is a file or folder carry metadata {"path": what to put there}; the loader resolves them
-# against the project root and reports placeholders such as "/path/to/vicuna" by key and by this text.
-
-
-def path_field(what: str, default: str | None = None) -> Any:
-    """A path-valued field; `what` tells the user what belongs there when it is unset."""
-    return field(default=default, metadata={"path": what})
-
 
 def split_items(modality: str, block_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     """(items, item shape) of one media block: an image is one item; a video's frames and an audio clip's segments
@@ -138,6 +132,16 @@ class LLMConfig:
     """Load the frozen LLM in 8 or 4 bits through bitsandbytes (a CUDA device only), for chat and evaluation."""
     device_map: str | None = None
     """Spread the LLM over devices with accelerate (e.g. "auto"; a CUDA device only); None: one device."""
+    architecture: str | None = None
+    """A shape shipped with the package (`chatbridge/configs/llms/<name>.json`, e.g. vicuna-13b) that the dry run
+    uses when `path` is not on disk yet; an existing folder's own `config.json` always wins."""
+    added_tokens: list[str] = field(default_factory=list)
+    """Tokens appended to the vocabulary in order, with new LLM rows unless the folder has them (ChatBind's LLaVA
+    tokens); each splits the text and swallows adjacent whitespace (docs/reference/chatbind.md §2.5, §4.5)."""
+    mean_init_tokens: list[str] = field(default_factory=list)
+    """Added tokens whose new rows start as the mean of all rows before them; others ~ N(0, initializer_range)."""
+    token_rows: list[str] = field(default_factory=list)
+    """Added tokens whose input rows live in the model's `token_rows` table, trainable while the LLM is frozen."""
 
 
 @dataclass
@@ -151,6 +155,8 @@ class FaithfulConfig:
     """`zero_grad(set_to_none=False)`: unused modality parameters keep zero grads and still get AdamW updates."""
     weight_decay_everything: bool = False
     """Decay biases, norms and query tokens too (the reference decays every trainable tensor)."""
+    splice_last_medium_only: bool = False
+    """ChatBind: only the last medium of a prompt reaches the LLM (docs/reference/chatbind.md §2.6)."""
 
 
 @dataclass
@@ -186,8 +192,12 @@ class ModelConfig:
     """Reference quirks (off unless the faithful preset turns them on)."""
     init_seed: int = 0
     """Seed of the parts' random initialisation; frozen random towers (tiny presets) are rebuilt from it."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernels of EVA, the Q-Former and the LLM: eager (matmul + softmax), sdpa (PyTorch's fused
+    kernel), or auto = eager on CPU, where it is faster (benchmarks/), and sdpa on GPUs."""
 
     def __post_init__(self) -> None:
+        at_least(self, "model", 1, "max_txt_len")
         for modality, route in self.routes.items():
             if route.encoder not in self.encoders:
                 raise ValueError(
@@ -265,6 +275,33 @@ class ProcessorConfig:
     """Fbank normalisation std."""
     extra_segment_on_exact_multiple: bool = False
     """Faithful quirk: an extra all-zero audio segment when the fbank length is an exact multiple of a segment."""
+    # ImageBind preprocessing (docs/reference/chatbind.md §3): videos and audio tracks become clips of fixed length.
+    clip_seconds: float = 2.0
+    """Length of one video or audio clip in seconds."""
+    video_clips: int = 5
+    """Clips spread evenly over a video."""
+    video_crops: int = 3
+    """Square crops per video clip along its long side: 3 (start, centre, end) or 1 (centre)."""
+    frames_per_clip: int | None = None
+    """Frames taken evenly from each video clip (2: its first and last), the encoder's tubelet depth."""
+    frame_folder_fps: float = 1.0
+    """Frame rate assumed for a folder of frames (it has no timestamps; clips are cut in seconds)."""
+    audio_clips: int = 3
+    """Clips spread evenly over an audio track."""
+    clip_fbank_frames: int | None = None
+    """Fbank frames each audio clip is zero-padded or cut to (204 for 2 s), the encoder's."""
+    centre_clips_in_place: bool = False
+    """Faithful quirk (§9.14): clip means subtracted in place, so overlapping audio clips see shifted samples."""
+    max_image_pixels: int = 16_000_000
+    """Larger images (and video frames) are refused before decoding; JPEGs are decoded at a reduced size instead."""
+    max_audio_seconds: float = 3600.0
+    """Longer audio is refused before decoding."""
+
+    def check(self, where: str) -> None:
+        """Positive sizes and counts (called for every processor section of a run)."""
+        at_least(self, where, 1, "image_size", "num_frames", "sample_rate", "num_mel_bins", "target_length")
+        at_least(self, where, 1, "num_audio_segments", "max_image_pixels", "max_audio_seconds")
+        require(self.fbank_std is None or self.fbank_std > 0, f"{where}.fbank_std", "be > 0", self.fbank_std)
 
     def resolve(self, modality: str, needs: dict[str, Any], where: str) -> None:
         """Fill unset fields from an encoder's `needs` for `modality`; raise on a conflicting explicit value."""
@@ -318,7 +355,9 @@ class RunConfig:
 
     root: str = "."
     """Folder that relative paths in the config are resolved against."""
-    output_dir: str = path_field("a folder for this run's config, logs and checkpoints", default="outputs/run")
+    output_dir: str = path_field(
+        "a folder for this run's config, logs and checkpoints", default="outputs/run", output=True
+    )
     """Where the resolved config, logs and checkpoints go (relative to `root`)."""
     seed: int = 42
     """Base seed (each rank adds its rank)."""
@@ -356,94 +395,32 @@ class RunConfig:
     """Also log to TensorBoard."""
     wandb_project: str | None = None
     """Log to Weights & Biases under this project (key from the WANDB_API_KEY environment variable)."""
-    feature_cache: str | None = path_field("a folder for cached frozen-tower features (filled on first use)")
+    feature_cache: str | None = path_field(
+        "a folder for cached frozen-tower features (filled on first use)", output=True
+    )
     """Cache the frozen towers' outputs of deterministic media here and read them instead of encoding again."""
     activation_checkpointing: bool = False
     """Recompute connector and LLM activations in the backward pass."""
     fsdp: bool = False
     """Shard the frozen LLM with FSDP when it does not fit one device."""
+    compile: bool = False
+    """`torch.compile` every transformer block (LLM, Q-Former, EVA) before training: faster steps after about a
+    minute of compiling at the first step."""
 
-
-@dataclass
-class GenerationSettings:
-    """How the chat, the demo and evaluation generate text (docs/reference/chatbridge.md §2.4 for the reference's)."""
-
-    max_new_tokens: int = 300
-    """Tokens generated per answer at most (the reference demo: 300)."""
-    do_sample: bool = False
-    """Sample instead of greedy/beam search (the reference always sampled)."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_p: float = 0.9
-    """Nucleus sampling mass."""
-    num_beams: int = 1
-    """Beam search width (1: no beam search)."""
-    repetition_penalty: float = 1.0
-    """Penalty on repeated tokens (1: none)."""
-    seed: int = 0
-    """Seed of sampling: the same seed, prompt and settings give the same answer."""
-    stop: str | None = None
-    """An answer ends at this text; None: the chat template's (ChatBridge's turn separator `###`)."""
-    max_context: int | None = None
-    """Prompt + answer tokens at most; None: the LLM's `max_position_embeddings`."""
-    overflow: Literal["truncate", "refuse"] = "truncate"
-    """When a conversation outgrows the context: drop the oldest turns' text (never media or BOS), or refuse."""
-    faithful: bool = False
-    """Re-render and re-run the whole conversation every turn, tokenised as the reference chat did (no cache)."""
-
-
-@dataclass
-class BenchmarkConfig:
-    """One benchmark of an evaluation run, read from its official annotation files as distributed."""
-
-    task: str = "captioning"
-    """Registered evaluation task: captioning, open_qa, classification, multiple_choice, dialogue, synthetic_world."""
-    format: str = "karpathy_caption"
-    """Annotation format (a reader of `chatbridge.evaluation.benchmarks.READERS`)."""
-    annotations: str | None = path_field("the benchmark's annotation file, as its authors distribute it")
-    """The annotation file."""
-    extra_annotations: str | None = path_field("the second annotation file the format needs")
-    """VQA-style answers next to the questions, or MSVD-QA's video-name mapping."""
-    reader_options: dict[str, Any] = field(default_factory=dict)
-    """Keyword options of the reader (split, image_pattern, folds, ...)."""
-    image_root: str | None = path_field("the folder the benchmark's image names are relative to")
-    """Image folder."""
-    video_root: str | None = path_field("the folder the benchmark's video names (files or frame folders) are in")
-    """Video folder."""
-    audio_root: str | None = path_field("the folder the benchmark's audio names are relative to")
-    """Audio folder; None for audio-visual benchmarks means each video's own sound track."""
-    prompt: str = "{question}"
-    """The question sent to the model; `{question}` is the item's question (captioning: the instruction itself)."""
-    held_out: bool = True
-    """Zero-shot: nothing of this benchmark is in the training mixture (MULTIS holds VQAv2, COCO, MSRVTT, AudioCaps)."""
-    metrics: list[str] = field(default_factory=list)
-    """Metrics to report; empty: the task's defaults."""
-    max_items: int | None = None
-    """Evaluate only the first items (quick checks); None: all."""
-    batch_size: int = 8
-    """Prompts generated together."""
-
-
-@dataclass
-class EvaluationConfig:
-    """What `evaluate.py` runs and where its predictions, metrics and table go."""
-
-    benchmarks: dict[str, BenchmarkConfig] = field(default_factory=dict)
-    """Named benchmarks."""
-    output_dir: str = path_field("a folder for predictions, metrics and the results table", default="outputs/eval")
-    """Predictions (`<benchmark>/predictions.rank<r>.jsonl`), metrics and `results.md` go here."""
-
-
-@dataclass
-class DemoSettings:
-    """The Gradio chat demo (`demo.py`)."""
-
-    max_upload_megabytes: float = 50.0
-    """Uploads larger than this are refused with a message in the chat."""
-    concurrency: int = 1
-    """Answers generated at once; further requests queue (sessions are never mixed)."""
-    examples: bool = True
-    """Offer clickable examples from the synthetic world when the config has one."""
+    def __post_init__(self) -> None:
+        at_least(self, "run", 1, "max_steps", "grad_accum_steps", "log_every", "keep_last")
+        at_least(self, "run", 0, "init_lr", "min_lr", "warmup_lr", "warmup_steps", "weight_decay")
+        at_least(self, "run", 0, "num_workers", "checkpoint_every")
+        require(
+            self.warmup_steps <= self.max_steps,
+            "run.warmup_steps",
+            f"be <= run.max_steps ({self.max_steps})",
+            self.warmup_steps,
+        )
+        require(self.grad_clip is None or self.grad_clip > 0, "run.grad_clip", "be > 0 or null", self.grad_clip)
+        require(
+            self.resume in (None, "auto") or bool(self.resume), "run.resume", "be auto, a folder or null", self.resume
+        )
 
 
 @dataclass
@@ -465,15 +442,40 @@ class TinyLLMConfig:
 
 
 @dataclass
+class TinyEncodersConfig:
+    """Pretrain the preset's tiny towers on the synthetic world and write them to `model.encoders.*.checkpoint`."""
+
+    vision_steps: int = 600
+    """AdamW steps of the tiny EVA on the world's training images and video frames."""
+    vision_batch_size: int = 64
+    """Images or frames per vision step."""
+    audio_steps: int = 600
+    """AdamW steps of the tiny BEATs on the world's training fbank segments."""
+    audio_batch_size: int = 32
+    """Segments per audio step."""
+    learning_rate: float = 1e-3
+    """Peak learning rate of both (5% warmup, cosine to a tenth)."""
+    seed: int = 0
+    """Seed of the towers' and probes' initialisation and of the batches."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "synthetic.tiny_encoders", 1, "vision_steps", "vision_batch_size", "audio_steps")
+        at_least(self, "synthetic.tiny_encoders", 1, "audio_batch_size")
+        require(self.learning_rate > 0, "synthetic.tiny_encoders.learning_rate", "be > 0", self.learning_rate)
+
+
+@dataclass
 class SyntheticConfig:
     """The synthetic world and its stand-ins for weights that cannot be downloaded (tiny CPU runs)."""
 
-    world: str | None = path_field("a folder for the synthetic world (generated there on first use)")
+    world: str | None = path_field("a folder for the synthetic world (generated there on first use)", output=True)
     """Generate the deterministic synthetic world here before anything else; None: no synthetic world."""
     seed: int = 0
     """Seed of the world."""
     tiny_llm: TinyLLMConfig | None = None
     """Write a tiny LLaMA that knows the world's language to `model.llm.path` (unless an identical one is there)."""
+    tiny_encoders: TinyEncodersConfig | None = None
+    """Pretrain tiny EVA and BEATs towers on the world and write them to the encoders' checkpoints (unless there)."""
 
 
 @dataclass
@@ -501,10 +503,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.processor = resolve_processor(self.model, self.processor, list(self.model.routes), "processor")
+        self.processor.check("processor")
         for name, dataset in self.datasets.items():
-            dataset.processor = resolve_processor(
-                self.model, dataset.processor, dataset.modalities, f"datasets.{name}.processor"
-            )
+            at_least(dataset, f"datasets.{name}", 1, "batch_size")
+            require(dataset.weight > 0, f"datasets.{name}.weight", "be > 0", dataset.weight)
+            where = f"datasets.{name}.processor"
+            dataset.processor = resolve_processor(self.model, dataset.processor, dataset.modalities, where)
+            dataset.processor.check(where)
 
 
 def resolve_processor(

@@ -21,13 +21,14 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from chatbridge import registry
 from chatbridge.config import ConnectorConfig, EncoderConfig, ModelConfig, TrainConfig
+from chatbridge.errors import UserError
 
 MODEL_PRESETS_DIR = Path(__file__).parent / "configs" / "models"
 PLACEHOLDER_PREFIXES = ("/path/to/", "???")
 OPTIONS_SOURCE = "--options"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem, described in one line."""
 
 
@@ -191,9 +192,11 @@ def _to_object(merged: DictConfig, sources: list[Source]) -> TrainConfig:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", "")
         raise ConfigError(f"{_source_of(key, sources)}: {str(error).splitlines()[0]} (key {key!r})") from None
-    except ValueError as error:  # cross-field checks in the dataclasses' __post_init__
+    except ValueError as error:  # semantic checks in the dataclasses' __post_init__, which start with the key
+        key = str(error).split(" ", 1)[0]
+        origin = _source_of(key, sources) if "." in key else None
         run_yaml = next(source.name for source in reversed(sources) if source.name != OPTIONS_SOURCE)
-        raise ConfigError(f"{run_yaml}: {error}") from None
+        raise ConfigError(f"{origin if origin and not origin.endswith('(default)') else run_yaml}: {error}") from None
     assert isinstance(config, TrainConfig)
     return config
 
@@ -246,19 +249,46 @@ def check_paths(config: TrainConfig, sources: list[Source] | None = None) -> Non
             )
 
 
-def _path_fields(node: Any, prefix: str) -> typing.Iterator[tuple[str, Any, str]]:
+def _path_fields(node: Any, prefix: str, outputs: bool = True) -> typing.Iterator[tuple[str, Any, str]]:
     if isinstance(node, dict):
         for name, child in node.items():
-            yield from _path_fields(child, f"{prefix}{name}.")
+            yield from _path_fields(child, f"{prefix}{name}.", outputs)
         return
     if not dataclasses.is_dataclass(node):
         return
     for spec in dataclasses.fields(node):
         value = getattr(node, spec.name)
         if "path" in spec.metadata:
-            yield f"{prefix}{spec.name}", value, spec.metadata["path"]
+            if outputs or not spec.metadata.get("output"):
+                yield f"{prefix}{spec.name}", value, spec.metadata["path"]
         else:
-            yield from _path_fields(value, f"{prefix}{spec.name}.")
+            yield from _path_fields(value, f"{prefix}{spec.name}.", outputs)
+
+
+def check_inputs_exist(config: TrainConfig, sections: Sequence[str] = ("model", "datasets", "valor_data_opts")) -> None:
+    """Every input path set in `sections` exists, checked before a run builds anything; a missing one fails in one
+    line naming its key. Brace patterns (shards) are checked by their folder."""
+    for key, value, what in _path_fields(config, "", outputs=False):
+        if not isinstance(value, str) or not key.startswith(tuple(sections)):
+            continue
+        path = Path(value.split("{", 1)[0]).parent if "{" in value else Path(value)
+        if not path.exists():
+            raise ConfigError(f"{key}: {path} does not exist (it should be {what})")
+
+
+def check_output_folder(folder: str | Path, key: str) -> Path:
+    """Create `folder` if needed and make sure files can be written in it; fails in one line naming `key`."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot write to {path} ({error.strerror or error})") from None
+    return path
 
 
 def _source_of(key: str, sources: list[Source]) -> str:

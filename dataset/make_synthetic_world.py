@@ -1,7 +1,9 @@
 """Write the deterministic synthetic multimodal world used for CPU training, evaluation and demos.
 
-The world (layout and held-out split: see ``chatbridge/synthetic/world.py``) is reused when ``--out`` already holds a
-complete world with the same seed and scale, and regenerated in place otherwise; ``--force`` always regenerates.
+The world (layout: ``chatbridge/synthetic/world.py``; held-out questions, their types and chance levels:
+``chatbridge/synthetic/questions.py``) is reused when ``--out`` already holds a complete world with the same seed and
+scale, and regenerated in place otherwise; ``--force`` always regenerates. Prints the row counts of every file and
+the question types of every held-out QA file with their chance level (all slots right, by uniform guessing).
 
 Usage:
     python dataset/make_synthetic_world.py --out data/synthetic --seed 0 [--scale small] [--force]
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"synthetic world (seed {manifest.seed}, scale {args.scale}) at {manifest.root}")
     for name, count in manifest.counts.items():
         print(f"  {name:28s} {count}")
+    for name, types in manifest.question_types.items():
+        print(
+            f"  {name}: "
+            + ", ".join(f"{kind} {entry['questions']} (chance {entry['chance']:.3f})" for kind, entry in types.items())
+        )
 
 
 if __name__ == "__main__":

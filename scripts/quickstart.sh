@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded tiny default, on CPU: set up .venv, then train both ChatBridge stages on the
-# synthetic world (generated into .cache/ on first use). Outputs go to outputs/tiny_pretrain and
-# outputs/tiny_instructtuning; each stage prints where its checkpoint and loss log are.
+# The main job on the embedded tiny default, on CPU: set up .venv, then (scripts/main_job.py) generate the synthetic
+# world and the frozen stand-ins (tiny LLM, tiny EVA and BEATs), train stage 1 and stage 2 with train.py, evaluate
+# with evaluate.py, and write outputs/report.md (results table, loss curves, wall times, the chat command).
+# Rerunning skips finished phases; arguments go to main_job.py (e.g. --seed 1 --output outputs/seed1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-echo "== stage 1: align images, videos and audio with text (synthetic captions)"
-.venv/bin/python train.py --cfg-path train_configs/chatbridge_tiny_pretrain.yaml "$@"
-echo "== stage 2: instruction tuning (MULTIS-format synthetic conversations, incl. video with its audio)"
-.venv/bin/python train.py --cfg-path instructiontuning_configs/chatbridge_tiny_instructtuning.yaml "$@"
+.venv/bin/python scripts/main_job.py "$@"

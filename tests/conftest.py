@@ -11,6 +11,7 @@ from chatbridge.config_loading import load_config
 from chatbridge.models.chatbridge import ChatBridgeModel, build_chatbridge
 from chatbridge.models.freezing import set_trainable
 from chatbridge.synthetic.tiny_llm import write_tiny_llama_folder
+from tests.tiny_sizes import SMALL
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRETRAIN = REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml"
@@ -25,8 +26,9 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_train_config(tiny_llm_dir) -> TrainConfig:
-    """The shipped tiny stage-1 run config, with its LLM folder in the session's temp dir."""
-    return load_config(TINY_PRETRAIN, [f"model.llm.path={tiny_llm_dir}"], require_paths=False)
+    """The shipped tiny stage-1 run config at plumbing-test sizes (`tests/tiny_sizes.py`), with its LLM folder in the
+    session's temp dir."""
+    return load_config(TINY_PRETRAIN, [*SMALL, f"model.llm.path={tiny_llm_dir}"], require_paths=False)
 
 
 @pytest.fixture

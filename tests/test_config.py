@@ -198,8 +198,11 @@ def test_unknown_encoder_name_lists_the_registered_ones(tmp_path):
     run_yaml = write(tmp_path / "run.yaml", TINY_RUN + "  encoders:\n    vision:\n      name: eva_vit_h\n")
     with pytest.raises(ConfigError) as error:
         load_config(run_yaml, require_paths=False)
-    assert str(error.value) == (
-        f"{run_yaml}: model.encoders.vision.name: unknown encoder 'eva_vit_h'; known: ['beats', 'eva_vit_g']"
+    from chatbridge.registry import ENCODERS
+
+    assert (
+        str(error.value)
+        == f"{run_yaml}: model.encoders.vision.name: unknown encoder 'eva_vit_h'; known: {ENCODERS.names()}"
     )
 
 
@@ -218,29 +221,29 @@ def test_processors_take_what_their_encoder_needs_and_layer_per_dataset(tmp_path
     )
     config = load_config(write(tmp_path / "run.yaml", body), require_paths=False)
     processor = config.datasets["clips"].processor
-    assert (processor.video_processor, processor.image_size, processor.mean[0]) == ("video_frames", 32, 0.48145466)
+    assert (processor.video_processor, processor.image_size, processor.mean[0]) == ("video_frames", 64, 0.48145466)
     assert (processor.audio_processor, processor.num_mel_bins, processor.fbank_std) == ("beats_fbank", 32, 6.55582)
     assert processor.num_frames == 6  # top-level processor section
     assert processor.num_audio_segments == 3  # the dataset's own section over it
-    assert processor.target_length == 128  # the tiny preset's top-level section
+    assert processor.target_length == 160  # the tiny preset's top-level section
     assert config.processor.num_audio_segments == 2  # the top level keeps its own value
 
 
 def test_a_processor_value_that_contradicts_its_encoder_is_refused(tmp_path):
-    body = TINY_RUN + "datasets:\n  pics:\n    processor:\n      image_size: 64\n"
+    body = TINY_RUN + "datasets:\n  pics:\n    processor:\n      image_size: 32\n"
     run_yaml = write(tmp_path / "run.yaml", body)
     with pytest.raises(ConfigError) as error:
         load_config(run_yaml, require_paths=False)
-    assert str(error.value) == f"{run_yaml}: datasets.pics.processor.image_size = 64 but the image encoder needs 32"
+    assert str(error.value) == f"{run_yaml}: datasets.pics.processor.image_size = 32 but the image encoder needs 64"
 
 
 @pytest.mark.parametrize(
     ("connector", "modality", "shape", "tokens"),
     [
-        ("shared_qformer", "video", (4, 3, 32, 32), 4),  # the queries, whatever the frames
-        ("linear", "image", (3, 32, 32), 17),  # CLS + (32 / 8)^2 patches
-        ("linear", "video", (4, 3, 32, 32), 68),  # 4 frames of 17
-        ("linear", "audio", (2, 128, 32), 32),  # 2 segments of (128 / 16) * (32 / 16)
+        ("shared_qformer", "video", (4, 3, 64, 64), 8),  # the queries, whatever the frames
+        ("linear", "image", (3, 64, 64), 65),  # CLS + (64 / 8)^2 patches
+        ("linear", "video", (4, 3, 64, 64), 260),  # 4 frames of 65
+        ("linear", "audio", (2, 160, 32), 40),  # 2 segments of (160 / 16) * (32 / 16)
     ],
 )
 def test_soft_tokens_come_from_the_config_alone(tmp_path, connector, modality, shape, tokens):

@@ -307,6 +307,7 @@ def test_valor_stage2_opts(world):
         "video_qa": (["video"], "shortqa", prompts, 30.0, 8, video),
         "video_conv": (["video"], "conv", None, 6.0, 4, video),
         "audio_cap": (["audio"], "caption", prompts, 8.0, 8, audio),
+        "audio_qa": (["audio"], "shortqa", prompts, 24.0, 8, audio),
         "audio_conv": (["audio"], "conv", None, 8.0, 4, audio),
         "av_cap": (["video", "audio"], "caption", prompts, 4.0, 8, both),
         "av_conv": (["video", "audio"], "conv", None, 4.0, 4, both),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from chatbridge.evaluation import benchmarks as bm
+from chatbridge.evaluation import synthetic_world as world
 from chatbridge.evaluation.benchmarks import READERS, EvalItem
 from tests.fixtures import benchmark_files as files
 
@@ -252,6 +253,8 @@ def test_readers_registry_names_every_reader() -> None:
         "music_avqa": bm.music_avqa,
         "avsd": bm.avsd,
         "valor32k": bm.valor32k,
+        "world_qa": world.world_qa,
+        "world_captions": world.world_captions,
     }
 
 

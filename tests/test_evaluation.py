@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from chatbridge.config import BenchmarkConfig, GenerationSettings, TrainConfig
+from chatbridge.config import TrainConfig
+from chatbridge.config_apps import BenchmarkConfig, GenerationSettings
 from chatbridge.config_loading import load_config
 from chatbridge.data.templates import render_conversation
 from chatbridge.data.tokenize import encode_conversation
@@ -27,6 +28,7 @@ from chatbridge.synthetic.world import SCALES, ensure_world
 from chatbridge.training.distributed import DistributedContext
 from tests.conftest import REPO
 from tests.fixtures.benchmark_files import write_csv, write_json
+from tests.tiny_sizes import SMALL
 
 SINGLE = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -54,6 +56,7 @@ def karpathy_file(folder: Path, images: list[str]) -> Path:
 def caption_config(tmp_path: Path, world: Path, tiny_llm_dir: Path, output: str) -> TrainConfig:
     annotations = karpathy_file(tmp_path, sorted(p.name for p in (world / "images").glob("img_*.png")))
     options = [
+        *SMALL,
         f"model.llm.path={tiny_llm_dir}",
         "model.checkpoint=null",
         f"evaluation.output_dir={tmp_path / output}",
@@ -66,7 +69,9 @@ def caption_config(tmp_path: Path, world: Path, tiny_llm_dir: Path, output: str)
         "evaluation.benchmarks.captions.batch_size=3",
         "generation.max_new_tokens=6",
     ]
-    return load_config(REPO / "eval_configs" / "chatbridge_tiny_eval.yaml", options, require_paths=False)
+    config = load_config(REPO / "eval_configs" / "chatbridge_tiny_eval.yaml", options, require_paths=False)
+    config.evaluation.benchmarks = {"captions": config.evaluation.benchmarks["captions"]}  # only the one made here
+    return config
 
 
 def test_multiple_choice_picks_the_option_with_the_lowest_loss(engine, world):

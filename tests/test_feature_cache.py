@@ -16,6 +16,7 @@ from chatbridge.models.setup import build_model_for_training
 from chatbridge.synthetic.tiny_llm import write_tiny_llama_folder
 from chatbridge.synthetic.world import SCALES, ensure_world
 from chatbridge.training.feature_cache import attach_feature_caches
+from tests.tiny_sizes import SMALL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ def setting(tmp_path_factory):
     ensure_world(root / "world", seed=0, sizes=SCALES["tiny"])
     write_tiny_llama_folder(root / "llm")
     options = [
+        *SMALL,  # random towers: another init_seed gives other tower weights
         f"synthetic.world={root / 'world'}",
         f"model.llm.path={root / 'llm'}",
         "datasets.video_captions.processor.frame_sampling=segment_middle",
@@ -46,7 +48,7 @@ def first_batches(config, model, tokenizer, count: int = 6, fill: bool = True):
     if config.run.feature_cache:
         cached = attach_feature_caches(sources, dataset_configs(config), model, Path(config.run.feature_cache), fill)
     mixture = build_train_mixture(config, sources, tokenizer, rank=0, world_size=1)
-    return cached, [next(mixture) for _ in range(count)]
+    return cached, [(name, batch) for name, [batch] in (next(mixture) for _ in range(count))]
 
 
 def test_cached_features_give_the_losses_of_encoding_on_the_fly(setting):

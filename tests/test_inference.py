@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from chatbridge.config import GenerationSettings
+from chatbridge.config_apps import GenerationSettings
 from chatbridge.data.templates import render_single_turn
 from chatbridge.data.tokenize import encode_conversation
 from chatbridge.inference import session as session_module
@@ -21,6 +21,7 @@ from chatbridge.inference.session import ChatSession, ContextOverflow
 from chatbridge.models.llm import load_tokenizer
 from chatbridge.synthetic.world import SCALES, ensure_world
 from tests.conftest import REPO
+from tests.tiny_sizes import SMALL
 
 GREEDY = GenerationSettings(max_new_tokens=12, stop="###")
 
@@ -144,21 +145,25 @@ def test_a_seed_makes_sampling_repeatable(engine, world):
     assert len(others) > 1  # the seed matters
 
 
-def test_beam_search_runs_and_the_next_turn_recomputes(engine, world):
-    engine.settings = dataclasses.replace(GREEDY, num_beams=3)
+def test_beam_search_runs_after_a_greedy_turn_and_the_next_turn_recomputes(engine, world):
     session = ChatSession(engine)
     session.ask("what is it?", [image(world, 0)])
+    assert session.cache is not None
+    session.settings = dataclasses.replace(GREEDY, num_beams=3)
+    pieces: list[str] = []
+    beam = session.ask("and now?", on_text=pieces.append)  # the greedy turn's cache must not reach beam search
     assert session.cache is None  # a beam cache holds beams, not the conversation
-    assert isinstance(session.ask("and now?").answer, str)
+    assert pieces == [beam.answer]  # beam search cannot stream: its answer comes whole
+    session.settings = GREEDY
+    assert isinstance(session.ask("and then?").answer, str)
 
 
 def test_overflow_drops_the_oldest_text_never_media_and_says_so(engine, world):
-    engine.settings = dataclasses.replace(GREEDY, max_new_tokens=4)
-    session = ChatSession(engine)
+    session = ChatSession(engine, dataclasses.replace(GREEDY, max_new_tokens=4))
     session.ask("what is it?", [image(world, 0)])
     session.ask("and its colour, said in a long sentence with many words?")
     limit = session.length() + 4  # the history and one answer fit, but not another question too
-    engine.settings = dataclasses.replace(engine.settings, max_context=limit)
+    session.settings = dataclasses.replace(session.settings, max_context=limit)
     result = session.ask("and now?")
     assert result.notice is not None and f"to fit the {limit}-token context" in result.notice
     assert session.turns[0].question is None and len(session.turns[0].media) == 1  # text gone, medium kept
@@ -166,19 +171,17 @@ def test_overflow_drops_the_oldest_text_never_media_and_says_so(engine, world):
 
 
 def test_overflow_refused_when_asked_to(engine, world):
-    engine.settings = dataclasses.replace(GREEDY, max_new_tokens=4)
-    session = ChatSession(engine)
+    session = ChatSession(engine, dataclasses.replace(GREEDY, max_new_tokens=4))
     session.ask("what is it?", [image(world, 0)])
-    engine.settings = dataclasses.replace(engine.settings, max_context=session.length() + 4, overflow="refuse")
-    limit = engine.settings.max_context
+    limit = session.length() + 4
+    session.settings = dataclasses.replace(session.settings, max_context=limit, overflow="refuse")
     with pytest.raises(ContextOverflow, match=rf"needs \d+ positions .* but the context holds {limit}"):
         session.ask("and its colour, said in a long sentence with many words?")
     assert len(session.turns) == 1  # the refused turn left nothing behind
 
 
 def test_faithful_mode_reruns_the_reference_rendering(engine, world):
-    engine.settings = dataclasses.replace(GREEDY, faithful=True)
-    session = ChatSession(engine)
+    session = ChatSession(engine, dataclasses.replace(GREEDY, faithful=True))
     session.ask("what is it?", [image(world, 0)])
     session.ask("and now?")
     assert session.cache is None and session.cached_ids == []
@@ -232,6 +235,7 @@ def test_chat_cli_reports_a_corrupt_file_in_one_line(tmp_path, tiny_llm_dir, tin
         "--question",
         "what?",
         "--options",
+        *SMALL,
         f"model.llm.path={tiny_llm_dir}",
         f"model.checkpoint={tmp_path / 'ckpt'}",
     ]

@@ -111,7 +111,7 @@ def first_batches(world, llm_dir: Path, num_workers: int) -> list[tuple[str, Cha
     spawned = [p for p in multiprocessing.active_children() if p not in before and p.name.startswith("Spawn")]
     assert len(spawned) == num_workers  # the loading really happens in that many spawned processes
     batches += [next(mixture) for _ in range(STEPS - 1)]
-    return batches
+    return [(name, batch) for name, [batch] in batches]
 
 
 def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], what: str) -> None:

@@ -457,3 +457,44 @@ def test_a_checkpoint_of_format_1_is_converted_and_a_newer_format_refused(tiny_m
     save_file(format_1, tmp_path / "future.safetensors", {"chatbridge_format": "3"})
     with pytest.raises(ValueError, match=r"future.safetensors is checkpoint format 3, newer than this chatbridge"):
         load_chatbridge_checkpoint(other, tmp_path / "future.safetensors")
+
+
+def test_a_released_checkpoint_missing_a_qformer_layer_is_refused_naming_the_keys(tiny_model, tmp_path):
+    state = write_released_checkpoint(tiny_model, tmp_path / "full.pth")
+    partial = {k: v for k, v in state.items() if not k.startswith("Qformer.bert.encoder.layer.1.")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial.pth: lacks \d+ tensors .*connector.qformer.encoder.layer.1."):
+        load_chatbridge_checkpoint(tiny_model, tmp_path / "partial.pth")
+
+
+def test_a_pickle_with_objects_is_refused_naming_the_file_and_key(tiny_model, tmp_path):
+    import argparse
+
+    torch.save({"model": {}, "trap": argparse.Namespace(run="code")}, tmp_path / "trap.pth")
+    with pytest.raises(ValueError, match=r"^model.checkpoint: .*trap.pth holds Python objects besides tensors"):
+        load_chatbridge_checkpoint(tiny_model, tmp_path / "trap.pth")
+
+
+def test_a_frozen_tower_in_low_precision_keeps_norms_embeddings_and_free_biases_in_fp32(tiny_config):
+    from chatbridge.models.setup import build_model_for_training
+
+    vision = dataclasses.replace(tiny_config.encoders["vision"], precision="bf16")
+    config = dataclasses.replace(tiny_config, encoders={**tiny_config.encoders, "vision": vision})
+    model = build_model_for_training(config).eval()
+    reference = build_model_for_training(tiny_config).eval()  # the same weights, all fp32
+    dtypes = {name: p.dtype for name, p in model.encoders["vision"].named_parameters()}
+    assert dtypes["backbone.blocks.0.attn.qkv.weight"] == torch.bfloat16
+    assert dtypes["backbone.patch_embed.proj.weight"] == torch.bfloat16
+    for kept in (
+        "backbone.cls_token",
+        "backbone.pos_embed",
+        "backbone.blocks.0.attn.q_bias",
+        "backbone.blocks.0.norm1.weight",
+        "ln_vision.weight",
+    ):
+        assert dtypes[kept] == torch.float32, kept
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        low, full = model.tower_features("image", images), reference.tower_features("image", images)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, full, rtol=0.05, atol=0.05)  # bf16 matrices, fp32 stream and norms

@@ -39,10 +39,17 @@ def test_unknown_name_lists_known_names():
 def test_builtin_names_are_exactly_these():
     """A forgotten import in a subpackage's __init__ shows up here, not at launch."""
     registry.load_builtin_components()
-    assert registry.ENCODERS.names() == ["beats", "eva_vit_g"]
-    assert registry.CONNECTORS.names() == ["linear", "mlp", "qformer_per_modality", "shared_qformer"]
+    assert registry.ENCODERS.names() == ["beats", "eva_vit_g", "imagebind_huge"]
+    assert registry.CONNECTORS.names() == ["item_mean", "linear", "mlp", "qformer_per_modality", "shared_qformer"]
     assert registry.LLMS.names() == ["hf_causal_lm"]
-    assert registry.MODELS.names() == ["chatbridge"]
-    assert registry.DATASETS.names() == ["caption_json", "caption_shards", "multis_json"]
-    assert registry.PROCESSORS.names() == ["beats_fbank", "clip_image", "video_frames"]
-    assert registry.CHAT_TEMPLATES.names() == ["chatbridge"]
+    assert registry.MODELS.names() == ["chatbind", "chatbridge"]
+    assert registry.DATASETS.names() == ["caption_json", "caption_shards", "llava_json", "multis_json"]
+    assert registry.PROCESSORS.names() == [
+        "beats_fbank",
+        "clip_image",
+        "imagebind_audio",
+        "imagebind_image",
+        "imagebind_video",
+        "video_frames",
+    ]
+    assert registry.CHAT_TEMPLATES.names() == ["chatbridge", "llava_multimodal", "llava_v0", "llava_v1"]

@@ -1,4 +1,6 @@
-"""The synthetic world: identical bytes per seed, manifest-last completion, integrity, held-out split, formats."""
+"""The synthetic world: identical bytes per seed, manifest-last completion, integrity, held-out split, formats.
+
+The held-out question files, their types and chance levels are tested in `test_synthetic_questions.py`."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from chatbridge.synthetic.world import (
 TINY = SCALES["tiny"]
 SCRIPT = Path(__file__).resolve().parents[1] / "dataset" / "make_synthetic_world.py"
 STAGE2_TASK = re.compile(r"^t(i|v|a|va|ia)-(cap|shortqa|conv)$")
-REQUIRED_PROMPTS = {"ti-cap", "ti-shortqa", "tv-cap", "tv-shortqa", "ta-cap", "tva-cap"}
+REQUIRED_PROMPTS = {"ti-cap", "ti-shortqa", "tv-cap", "tv-shortqa", "ta-cap", "ta-shortqa", "tva-cap"}
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -96,7 +98,7 @@ def test_interrupted_generation_is_redone(
     def crash(*args: object) -> None:
         raise RuntimeError("simulated crash after the media were written")
 
-    monkeypatch.setattr(synthetic, "_write_text", crash)
+    monkeypatch.setattr(synthetic, "write_text", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         generate_world(root, seed=0, sizes=TINY)
     assert (root / "images").is_dir() and not (root / MANIFEST_NAME).exists()
@@ -146,6 +148,9 @@ def test_sizes_are_validated() -> None:
         WorldSizes(images=0)
     with pytest.raises(ValueError, match="videos_with_audio"):
         WorldSizes(videos=2, videos_with_audio=3)
+    with pytest.raises(ValueError, match="videos_with_audio must be >= 0"):
+        WorldSizes(videos_with_audio=-1)
+    assert WorldSizes().videos_with_audio == 0  # the default world pairs no media in training
 
 
 def _frame_folder_ok(folder: Path) -> bool:
@@ -262,25 +267,34 @@ def _check_stage2_row(task: str, id_key: str, row: dict) -> None:
         assert not any("<" in turn["value"] for turn in turns[1:])
 
 
-def test_stage2_rows_follow_the_multis_format(default_world: WorldManifest) -> None:
-    manifest = default_world
+SINGLE_MODALITY_TASKS = {"ti-cap", "ti-shortqa", "ti-conv", "tv-cap", "tv-shortqa", "tv-conv", "ta-cap", "ta-shortqa"}
+
+
+def _stage2_tasks(manifest: WorldManifest) -> set[str]:
     tasks = set()
     for dataset, row in _training_rows(manifest):
         if dataset["txt"].startswith("annotations/stage2/"):
             assert STAGE2_TASK.match(dataset["task"]), dataset["task"]
             tasks.add(dataset["task"])
             _check_stage2_row(dataset["task"], "image_id" if dataset["datatype"] == "image" else "video_id", row)
-    assert {
-        "ti-cap",
-        "ti-shortqa",
-        "ti-conv",
-        "tv-cap",
-        "tv-shortqa",
-        "tv-conv",
-        "ta-cap",
-        "tva-cap",
-        "tva-conv",
-    } <= tasks
+    return tasks
+
+
+def test_stage2_rows_follow_the_multis_format(default_world: WorldManifest, tiny_world: WorldManifest) -> None:
+    assert _stage2_tasks(default_world) == {*SINGLE_MODALITY_TASKS, "ta-conv"}
+    assert _stage2_tasks(tiny_world) == {*SINGLE_MODALITY_TASKS, "ta-conv", "tva-cap", "tva-conv"}
+
+
+def test_no_stage2_training_file_pairs_two_media(default_world: WorldManifest) -> None:
+    """The proof of issue 15: joint answers must come from aligning each modality on its own."""
+    stage2 = [name for name in default_world.files if name.startswith("stage2/")]
+    assert stage2 and not any(name.startswith("stage2/av_") for name in stage2)
+    for dataset, row in _training_rows(default_world):
+        assert not ("video" in dataset and "audio" in dataset), dataset["name"]
+        assert sum(key in row for key in ("image_id", "video_id", "audio")) == 1
+        conversations = row.get("conversations", [])
+        assert sum(tag in turn["value"] for turn in conversations for tag in ("<image>", "<video>", "<audio>")) <= 1
+    assert default_world.counts["background_audios"] == 0
 
 
 def test_task_prompts_and_opts_follow_the_reference_format(default_world: WorldManifest) -> None:
@@ -302,16 +316,6 @@ def test_task_prompts_and_opts_follow_the_reference_format(default_world: WorldM
                 assert ("video_sample_num" in group) == ("video" in dataset)
                 assert ("audio_sample_num" in group) == ("audio" in dataset)
     assert {group["task"] for group in _load(manifest, "opts_stage1")["data_cfg"]["train"]} == {"ti", "ta"}
-
-
-def test_eval_questions_are_joint_yes_no(default_world: WorldManifest) -> None:
-    manifest = default_world
-    for name, visual_key in (("eval/tva_qa", "video_id"), ("eval/tia_qa", "image_id")):
-        rows = _load(manifest, name)
-        assert all(set(row) == {"question_id", visual_key, "audio", "question", "answer"} for row in rows)
-        assert {row["answer"] for row in rows} == {"yes", "no"}
-        assert all(" and " in row["question"] and row["question"].endswith("?") for row in rows)
-        assert len({row["question_id"] for row in rows}) == len(rows)
 
 
 def test_media_have_the_documented_properties(tiny_world: WorldManifest) -> None:

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 import torch
 
 from chatbridge.config import LLMConfig
+from chatbridge.data.templates import render_caption
 from chatbridge.models import llm
 from chatbridge.registry import LLMS
 from chatbridge.synthetic import tiny_llm
+from chatbridge.synthetic.formats import training_descriptions
 from chatbridge.synthetic.tiny_llm import ensure_tiny_llama_folder, write_tiny_llama_folder
 from chatbridge.synthetic.world import SCALES, ensure_world, world_texts
 
@@ -93,27 +96,44 @@ def _per_token_lm_loss(folder: Path, texts: list[str]) -> float:
     return total / count
 
 
-def _eval_rows(world: Path, name: str) -> list[dict]:
-    return json.loads((world / "annotations" / "eval" / f"{name}.json").read_text())
-
-
-def test_world_texts_are_the_training_texts_without_media(world, tmp_path) -> None:
+def test_world_texts_describe_each_medium_where_its_soft_tokens_go(world, tmp_path) -> None:
     texts = world_texts(world)
     assert texts == world_texts(world)  # deterministic
     assert not any("<query>" in text for text in texts)
-    stage1 = [text for text in texts if not text.startswith("###")]
-    stage2 = [text for text in texts if text.startswith("###Human: Given following ")]
-    assert stage1 and stage2 and len(stage1) + len(stage2) == len(texts)
-    assert all(text.endswith("\n") and "###" not in text for text in stage1)
-    assert all(text.endswith("###") and "###Assistant:" in text for text in stage2)
-    assert any("###Human: Given following video:  and its background audio: .###" in text for text in stage2)
-    # The held-out split is never read: removing it changes nothing, and none of its questions appear.
+    attributes = json.loads((world / "annotations" / "attributes.json").read_text())
+    descriptions = training_descriptions(attributes)
+    # Stage 1: "<description>. <caption>" for every caption of a training medium.
+    row = json.loads((world / "annotations" / "stage1" / "audio.json").read_text())[0]
+    caption = row.get("caption", row.get("desc"))
+    assert f"{descriptions['audio'][row['video_id']]}. {render_caption(caption)}" in texts
+    # Stage 2 and the joint questions: the medium's slot holds its description.
+    qa = json.loads((world / "annotations" / "stage2" / "image_qa.json").read_text())[0]
+    prefix = f"###Human: Given following image: {descriptions['image'][qa['image_id']]}.###Human: "
+    assert any(text.startswith(prefix) and text.endswith("###") for text in texts)
+    # The held-out split is never read: removing it changes nothing.
     copy = tmp_path / "world"
     shutil.copytree(world, copy, ignore=shutil.ignore_patterns("images", "frames", "audios", "eval"))
-    assert not (copy / "annotations" / "eval").exists()
     assert world_texts(copy) == texts
-    questions = [row["question"] for name in ("tva_qa", "tia_qa") for row in _eval_rows(world, name)]
-    assert questions and not any(question in text for question in questions for text in texts)
+
+
+def test_answer_tokens_weigh_more_in_pretraining(tiny_llm_dir) -> None:
+    pieces = spm.SentencePieceProcessor(model_file=str(tiny_llm_dir / "tokenizer.model"))
+    text = "###Human: what colour is the shape?###Assistant:red\n###"
+    sequence = tiny_llm._lm_sequence(pieces, text, answer_weight=5.0)
+    answer = len(pieces.encode("red\n###"))
+    assert len(sequence.ids) == len(sequence.weights) == 1 + len(pieces.encode(text[: -len("red\n###")])) + answer + 1
+    assert sequence.weights[-1 - answer : -1] == [5.0] * answer
+    assert set(sequence.weights[: -1 - answer]) == {1.0} and sequence.weights[-1] == 1.0  # prompt, BOS and EOS
+
+
+def test_changed_answer_weight_regenerates_the_folder(world, tmp_path, monkeypatch) -> None:
+    path = ensure_tiny_llama_folder(tmp_path / "tiny", **CORPUS_SIZES, corpus=world, pretrain_steps=2)
+    assert json.loads((path / tiny_llm.SETTINGS_NAME).read_text())["answer_weight"] == tiny_llm.ANSWER_WEIGHT == 5.0
+    weighted = (path / "model.safetensors").read_bytes()
+    monkeypatch.setattr(tiny_llm, "ANSWER_WEIGHT", 1.0)
+    ensure_tiny_llama_folder(path, **CORPUS_SIZES, corpus=world, pretrain_steps=2)
+    assert json.loads((path / tiny_llm.SETTINGS_NAME).read_text())["answer_weight"] == 1.0
+    assert (path / "model.safetensors").read_bytes() != weighted  # the same steps, weighted otherwise
 
 
 def test_pretraining_on_the_world_lowers_its_lm_loss(world, tmp_path, caplog) -> None:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from transformers import PreTrainedTokenizer
 
 from chatbridge.config import Modality
-from chatbridge.data.templates import render_chat_turn
+from chatbridge.data.llava_tokenize import encode_llava_prompt
+from chatbridge.data.templates import (
+    ASSISTANT,
+    LLAVA_V1_END,
+    render_chat_turn,
+    render_llava_multimodal_turn,
+    render_llava_v0_turn,
+    render_llava_v1_turn,
+)
 from chatbridge.data.tokenize import EncodedSample, encode_conversation
 from chatbridge.registry import CHAT_TEMPLATES
 
@@ -49,3 +58,28 @@ def encode_chatbridge_turn(text: str, tokenizer: PreTrainedTokenizer, soft_token
 def chatbridge_template() -> ChatTemplate:
     """ChatBridge's `###Human: ... ###Assistant:` format (docs/reference/chatbridge.md §2.3, §2.4)."""
     return ChatTemplate("chatbridge", "###", "\n###", render_chat_turn, encode_chatbridge_turn)
+
+
+def _llava_template(name: str, stop: str, answer_suffix: str, render: Callable, answer_marker: str) -> ChatTemplate:
+    """A LLaVA-format template: turns rendered by `render`, tokenised as one string like ChatBind's training."""
+    return ChatTemplate(name, stop, answer_suffix, render, partial(encode_llava_prompt, answer_marker=answer_marker))
+
+
+@CHAT_TEMPLATES.register("llava_v0")
+def llava_v0_template() -> ChatTemplate:
+    """ChatBind's training format, v0 (docs/reference/chatbind.md §4.3), used for chat too, so that inference sees
+    the prompts the model was trained on (the reference chatted in another template, §9.7)."""
+    return _llava_template("llava_v0", "###", "\n###", render_llava_v0_turn, f"### {ASSISTANT}:")
+
+
+@CHAT_TEMPLATES.register("llava_v1")
+def llava_v1_template() -> ChatTemplate:
+    """LLaVA v1, "USER: ... ASSISTANT: ...</s>" (docs/reference/chatbind.md §4.4), for chat and training."""
+    return _llava_template("llava_v1", LLAVA_V1_END, LLAVA_V1_END, render_llava_v1_turn, " ASSISTANT:")
+
+
+@CHAT_TEMPLATES.register("llava_multimodal")
+def llava_multimodal_template() -> ChatTemplate:
+    """The reference demo's inference template (docs/reference/chatbind.md §4.2): a faithful option only, since
+    ChatBind was trained with v0 and never saw it."""
+    return _llava_template("llava_multimodal", "###", "###", render_llava_multimodal_turn, f"###{ASSISTANT}:")

@@ -32,6 +32,7 @@ from chatbridge.data.datasets.base import DataContext, SampleSource, SkipCounter
 from chatbridge.data.datasets.valor_opts import datasets_from_valor_opts
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.data.sample import MultimodalSample
+from chatbridge.errors import UserError
 from chatbridge.registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -59,20 +60,30 @@ class BatchSpec:
 
 @dataclass
 class LoadedBatch:
-    """A collated batch (None if every sample was bad) plus the skips met while loading it."""
+    """One step's micro-batches (empty if every sample was bad) plus the skips met while loading them."""
 
     spec: BatchSpec
-    batch: ChatBridgeBatch | None
+    batches: list[ChatBridgeBatch]
     skipped: list[MediaError]
 
 
 @dataclass
 class MixtureMember:
-    """One dataset of the mixture with its share and batch size."""
+    """One dataset of the mixture: its share, its batch size, and the micro-batches a step splits into.
+
+    A step takes `batch_size * micro_batches` samples per rank in one draw and collates them as `micro_batches`
+    batches of `batch_size`, so gradient accumulation computes exactly the combined batch.
+    """
 
     source: SampleSource
     weight: float
     batch_size: int
+    micro_batches: int = 1
+
+    @property
+    def step_size(self) -> int:
+        """Samples per rank per step."""
+        return self.batch_size * self.micro_batches
 
 
 def seeded_generator(*parts: Any) -> torch.Generator:
@@ -89,8 +100,11 @@ class BatchPlan:
         self.names = sorted(members)
         self.weights = torch.tensor([members[name].weight for name in self.names], dtype=torch.float64)
         for name in self.names:
-            if len(members[name].source) < members[name].batch_size * world_size:
-                raise ValueError(f"dataset {name}: {len(members[name].source)} samples, fewer than one global batch")
+            if len(members[name].source) < members[name].step_size * world_size:
+                raise UserError(
+                    f"dataset {name}: {len(members[name].source)} samples, fewer than one global batch "
+                    f"({members[name].step_size * world_size} = batch_size x grad_accum_steps x world size)"
+                )
 
     def specs(self, step: int, cursors: dict[str, Cursor]) -> Iterator[BatchSpec]:
         """Specifications from `step` on, starting at `cursors` (not modified)."""
@@ -106,14 +120,15 @@ class BatchPlan:
             step += 1
 
     def _global_batch(self, name: str) -> int:
-        return self.members[name].batch_size * self.world_size
+        return self.members[name].step_size * self.world_size
 
     def _rank_indices(self, name: str, cursor: Cursor) -> list[int]:
         permutation = torch.randperm(
             len(self.members[name].source), generator=seeded_generator(self.seed, name, cursor.epoch)
         )
-        start = cursor.batch * self._global_batch(name) + self.rank * self.members[name].batch_size
-        return permutation[start : start + self.members[name].batch_size].tolist()
+        share = self.members[name].step_size
+        start = cursor.batch * self._global_batch(name) + self.rank * share
+        return permutation[start : start + share].tolist()
 
 
 @dataclass(frozen=True)
@@ -125,19 +140,20 @@ class TokenIds:
 
 
 def load_batch(spec: BatchSpec, member: MixtureMember, seed: int, ids: TokenIds) -> LoadedBatch:
-    """Decode and collate one specification; bad media are skipped (recorded by reason), never zero-filled."""
-    samples: list[MultimodalSample] = []
-    skipped: list[MediaError] = []
-    for index in spec.indices:
-        generator = seeded_generator(seed, spec.dataset, spec.epoch, index)
-        try:
-            samples.append(member.source.load(index, train=True, generator=generator))
-        except MediaError as error:
-            skipped.append(error)
-    batch = None
-    if samples:
-        batch = collate(samples, ids.pad, ids.bos, member.source.bos_mask_on_padded_rows)
-    return LoadedBatch(spec, batch, skipped)
+    """Decode one specification and collate it as the step's micro-batches; bad media are skipped (recorded by
+    reason), never zero-filled."""
+    batches, skipped = [], []
+    for start in range(0, len(spec.indices), member.batch_size):
+        samples: list[MultimodalSample] = []
+        for index in spec.indices[start : start + member.batch_size]:
+            generator = seeded_generator(seed, spec.dataset, spec.epoch, index)
+            try:
+                samples.append(member.source.load(index, train=True, generator=generator))
+            except MediaError as error:
+                skipped.append(error)
+        if samples:
+            batches.append(collate(samples, ids.pad, ids.bos, member.source.bos_mask_on_padded_rows))
+    return LoadedBatch(spec, batches, skipped)
 
 
 @dataclass
@@ -159,7 +175,8 @@ class _SpecStream(IterableDataset):
 
 
 class MixtureLoader:
-    """Iterator of `(dataset name, ChatBridgeBatch)` with `state_dict`/`load_state_dict` for exact resumption."""
+    """Iterator of `(dataset name, the step's micro-batches)` with `state_dict`/`load_state_dict` for exact
+    resumption."""
 
     def __init__(  # noqa: PLR0913 - the loader's independent settings
         self,
@@ -182,13 +199,13 @@ class MixtureLoader:
     def __iter__(self) -> MixtureLoader:
         return self
 
-    def __next__(self) -> tuple[str, ChatBridgeBatch]:
+    def __next__(self) -> tuple[str, list[ChatBridgeBatch]]:
         while True:
             loaded = next(self._batches())
             self._account(loaded)
             self.step, self.cursors = loaded.spec.step + 1, loaded.spec.cursors_after
-            if loaded.batch is not None:
-                return loaded.spec.dataset, loaded.batch
+            if loaded.batches:
+                return loaded.spec.dataset, loaded.batches
 
     def _batches(self) -> Iterator[LoadedBatch]:
         if self._stream is None:
@@ -243,7 +260,7 @@ def dataset_configs(config: TrainConfig) -> dict[str, DatasetConfig]:
             dataset.processor = resolve_processor(config.model, dataset.processor, dataset.modalities, where)
             datasets[name] = dataset
     if not datasets:
-        raise ValueError("no datasets: set `datasets` in the run YAML or `valor_data_opts`")
+        raise UserError("no datasets: set `datasets` in the run YAML or `valor_data_opts`")
     return datasets
 
 
@@ -262,9 +279,9 @@ def build_train_mixture(  # noqa: PLR0913 - the run, its data and this process's
     start_method: str | None = None,
 ) -> MixtureLoader:
     """The training mixture of `sources` for this rank (weights and batch sizes from the config)."""
-    datasets = dataset_configs(config)
+    datasets, accumulation = dataset_configs(config), config.run.grad_accum_steps
     members = {
-        name: MixtureMember(source, datasets[name].weight, datasets[name].batch_size)
+        name: MixtureMember(source, datasets[name].weight, datasets[name].batch_size, accumulation)
         for name, source in sources.items()
     }
     ids = TokenIds(pad=tokenizer.pad_token_id, bos=tokenizer.bos_token_id)

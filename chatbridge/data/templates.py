@@ -181,3 +181,97 @@ def render_chat_prompt(messages: Sequence[tuple[str, str | None]]) -> str:
     for role, text in messages:
         rendered.append(f"{role}: {text}###" if text else f"{role}:")
     return "".join(rendered)
+
+
+# ----------------------------------------------------------------------------------------------- LLaVA (ChatBind)
+# ChatBind is a LLaVA fork and uses LLaVA's conversation formats (docs/reference/chatbind.md §4): v0 ("### Human:",
+# its training default), v1 ("USER: ... ASSISTANT:"), and the "multimodal" template its demo used for inference.
+
+IM_START, IM_PATCH, IM_END = "<im_start>", "<im_patch>", "<im_end>"
+"""Added tokens around each medium; the embedding at `<im_patch>` is replaced by the medium's projected token."""
+LLAVA_MEDIA_TAGS: dict[Modality, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+"""Where a medium sits in LLaVA data (LLaVA has `<image>`; the video and audio tags are ours)."""
+LLAVA_V0_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+"""`conv_v1_2.system`: the header of v0 training text (§4.3)."""
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+"""`vicuna_v1_1.system` (§4.4)."""
+LLAVA_MULTIMODAL_SYSTEM = (
+    "You are LLaVA, a large language and vision assistant trained by UW Madison WAIV Lab."
+    "You are able to understand the visual content that the user provides, and assist the user with a variety of "
+    "tasks using natural language."
+    "Follow the instructions carefully and explain your answers in detail."
+)
+"""The demo's `multimodal` system prompt (§4.1); the sentences run together as in the source."""
+LLAVA_MULTIMODAL_GREETING = "###Human: Hi!###Assistant: Hi there!  How can I help you today?\n"
+"""The `multimodal` template's few-shot exchange (two spaces after "!")."""
+LLAVA_V0_ROLES = {"human": HUMAN, "gpt": ASSISTANT}
+LLAVA_V1_ROLES = {"human": "USER", "gpt": "ASSISTANT"}
+LLAVA_V1_END = "</s>"
+"""v1 closes every answer with the end-of-sequence text."""
+
+
+def llava_media(modalities: Sequence[Modality]) -> str:
+    """One `<query>` per medium, one per line (the reference appends a medium to the query after a newline)."""
+    return "\n".join(QUERY_PLACEHOLDER for _ in modalities)
+
+
+def llava_message(modalities: Sequence[Modality], question: str | None, media_first: bool = True) -> str:
+    """A human message: the media, one per line, then the question (where LLaVA data most often has `<image>`);
+    `media_first=False` puts them after the question, as the reference demo did (§4.2)."""
+    parts = [llava_media(modalities), question] if media_first else [question, llava_media(modalities)]
+    return "\n".join(part for part in parts if part)
+
+
+def llava_v0_turns(conversation: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    """(from, "### {role}: {value}\\n") per message: the v0 training turns (§4.3); header and closing separate."""
+    return [
+        (message["from"], f"### {LLAVA_V0_ROLES[message['from']]}: {message['value']}\n") for message in conversation
+    ]
+
+
+def render_llava_v0(conversation: Sequence[Mapping[str, str]]) -> str:
+    """v0 training text: the system header, every turn, and the closing "### "."""
+    return LLAVA_V0_SYSTEM + "\n\n" + "".join(turn for _, turn in llava_v0_turns(conversation)) + "### "
+
+
+def render_llava_v1(conversation: Sequence[Mapping[str, str]]) -> str:
+    """v1 training text (`get_prompt` of `vicuna_v1_1`): "{system} USER: {q} ASSISTANT: {a}</s>USER: ..."."""
+    separators = {"human": " ", "gpt": LLAVA_V1_END}
+    turns = [f"{LLAVA_V1_ROLES[m['from']]}: {m['value']}{separators[m['from']]}" for m in conversation]
+    return LLAVA_V1_SYSTEM + " " + "".join(turns)
+
+
+def render_llava_v0_turn(modalities: Sequence[Modality], question: str | None, first: bool) -> str:
+    """A chat turn in the v0 training format, ending where the answer starts ("### Assistant:").
+
+    The first turn opens with the header; later turns follow an answer that ended with the "###" separator, so they
+    start with "Human:" (whose dummy-prefix space the tokenizer adds, as in training's "### Human"). A turn whose
+    question was dropped holds its media and closes with the separator.
+    """
+    header = LLAVA_V0_SYSTEM + "\n\n### " if first else ""
+    message = f"{HUMAN}: {llava_message(modalities, question)}\n###"
+    return header + message + (f" {ASSISTANT}:" if question is not None else "")
+
+
+def render_llava_v1_turn(modalities: Sequence[Modality], question: str | None, first: bool) -> str:
+    """A chat turn in the v1 format: "{system} USER: {q} ASSISTANT:"; later turns follow an answer's "</s>"."""
+    header = LLAVA_V1_SYSTEM + " " if first else ""
+    user, assistant = LLAVA_V1_ROLES["human"], LLAVA_V1_ROLES["gpt"]
+    end = f" {assistant}:" if question is not None else LLAVA_V1_END
+    return f"{header}{user}: {llava_message(modalities, question)}{end}"
+
+
+def render_llava_multimodal_turn(modalities: Sequence[Modality], question: str | None, first: bool) -> str:
+    """A chat turn in the reference demo's `multimodal` template (§4.2): "###Human: {q}\\n<media>###Assistant:".
+
+    Faithful inference only: ChatBind trained with v0, whose system prompt and separators differ (§9.7).
+    """
+    header = LLAVA_MULTIMODAL_SYSTEM + LLAVA_MULTIMODAL_GREETING + "###" if first else ""
+    end = f"###{ASSISTANT}:" if question is not None else "###"
+    return f"{header}{HUMAN}: {llava_message(modalities, question, media_first=False)}{end}"

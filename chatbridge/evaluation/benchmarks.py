@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chatbridge.config import Modality
+from chatbridge.errors import UserError
 
 PathLike = str | os.PathLike[str]
 
@@ -36,6 +37,9 @@ class EvalItem:
         choices: multiple-choice options (e.g. the ESC-50 class names).
         answer_index: index of the correct option in `choices`.
         history: earlier (question, answer) turns of a dialogue (AVSD).
+        question_type: the question's type where a benchmark declares types (scores are reported per type).
+        chance: the accuracy of a uniform guesser on this question's type, where declared.
+        slot_chance: the same for each attribute of a multi-attribute answer, averaged over its attributes.
     """
 
     item_id: str
@@ -45,6 +49,9 @@ class EvalItem:
     choices: tuple[str, ...] = ()
     answer_index: int | None = None
     history: tuple[tuple[str, str], ...] = ()
+    question_type: str | None = None
+    chance: float | None = None
+    slot_chance: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,14 +73,14 @@ def _load_json(path: PathLike) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise UserError(f"{path}: not valid JSON ({error})") from error
 
 
 def _json_list(path: PathLike) -> list[Any]:
     """The file's top-level list."""
     data = _load_json(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data
 
 
@@ -81,11 +88,11 @@ def _json_lists(path: PathLike, required: Sequence[str], optional: Sequence[str]
     """The lists under the `required` keys, and the `optional` ones present, of the file's top-level object."""
     data = _load_json(path)
     if not isinstance(data, dict) or any(key not in data for key in required):
-        raise ValueError(f"{path}: expected a JSON object with keys {list(required)}")
+        raise UserError(f"{path}: expected a JSON object with keys {list(required)}")
     lists = {key: data[key] for key in (*required, *optional) if key in data}
     for key, value in lists.items():
         if not isinstance(value, list):
-            raise ValueError(f"{path}: {key!r} should be a list, got {type(value).__name__}")
+            raise UserError(f"{path}: {key!r} should be a list, got {type(value).__name__}")
     return lists
 
 
@@ -94,7 +101,7 @@ def _records(rows: Iterable[Any], prefix: str) -> Iterable[tuple[str, dict[str, 
     for index, row in enumerate(rows):
         where = f"{prefix}[{index}]"
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
         yield where, row
 
 
@@ -104,21 +111,21 @@ def _read_csv(path: PathLike, columns: Sequence[str]) -> Iterable[tuple[str, dic
         reader = csv.DictReader(file)
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: header lacks columns {missing} (header: {reader.fieldnames})")
+            raise UserError(f"{path}: header lacks columns {missing} (header: {reader.fieldnames})")
         for row in reader:
             where = f"{path}, line {reader.line_num}"
             if None in row or None in row.values():
-                raise ValueError(f"{where}: the number of fields differs from the header's {len(reader.fieldnames)}")
+                raise UserError(f"{where}: the number of fields differs from the header's {len(reader.fieldnames)}")
             yield where, row
 
 
 def _get(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """record[key], checked to be of `kind` (bools are not ints)."""
     if key not in record:
-        raise ValueError(f"{where}: missing {key!r}")
+        raise UserError(f"{where}: missing {key!r}")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{where}: {key!r} should be {_kind_name(kind)}, got {value!r}")
+        raise UserError(f"{where}: {key!r} should be {_kind_name(kind)}, got {value!r}")
     return value
 
 
@@ -131,7 +138,7 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
     """A non-empty string field (captions, questions, answers, file names)."""
     value = _get(record, key, str, where)
     if not value.strip():
-        raise ValueError(f"{where}: {key!r} is empty")
+        raise UserError(f"{where}: {key!r} is empty")
     return value
 
 
@@ -145,7 +152,7 @@ def _texts(record: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     value = _get(record, key, (list, str), where)
     values = [value] if isinstance(value, str) else value
     if not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise ValueError(f"{where}: {key!r} should be a non-empty list of non-empty strings, got {value!r}")
+        raise UserError(f"{where}: {key!r} should be a non-empty list of non-empty strings, got {value!r}")
     return tuple(values)
 
 
@@ -154,13 +161,13 @@ def _int_cell(row: dict[str, str], key: str, where: str) -> int:
     try:
         return int(row[key])
     except ValueError:
-        raise ValueError(f"{where}: {key!r} should be an integer, got {row[key]!r}") from None
+        raise UserError(f"{where}: {key!r} should be an integer, got {row[key]!r}") from None
 
 
 def _cell(row: dict[str, str], key: str, where: str) -> str:
     """A non-empty CSV cell."""
     if not row[key].strip():
-        raise ValueError(f"{where}: {key!r} is empty")
+        raise UserError(f"{where}: {key!r} is empty")
     return row[key]
 
 
@@ -185,11 +192,11 @@ def karpathy_caption(path: PathLike, split: str = "test") -> list[EvalItem]:
         sentences = _get(image, "sentences", list, where)
         references = tuple(_text(s, "raw", at) for at, s in _records(sentences, f"{where}.sentences"))
         if not references:
-            raise ValueError(f"{where}: no sentences")
+            raise UserError(f"{where}: no sentences")
         item_id = _ident(image, "cocoid" if "cocoid" in image else "imgid", where)
         items.append(EvalItem(item_id, (("image", _text(image, "filename", where)),), references=references))
     if not items:
-        raise ValueError(f"{path}: no image in split {split!r} (splits present: {sorted(splits)})")
+        raise UserError(f"{path}: no image in split {split!r} (splits present: {sorted(splits)})")
     return items
 
 
@@ -210,7 +217,7 @@ def nocaps(path: PathLike) -> list[EvalItem]:
         references = tuple(captions.pop(image_id, ()))
         items.append(EvalItem(image_id, (("image", _text(image, "file_name", where)),), references=references))
     if captions:
-        raise ValueError(f"{path}: annotations for image ids not in 'images': {sorted(captions)[:5]}")
+        raise UserError(f"{path}: annotations for image ids not in 'images': {sorted(captions)[:5]}")
     return items
 
 
@@ -234,7 +241,7 @@ def vqa(
     for where, question in _records(questions, f"{questions_path}, questions"):
         question_id = _get(question, "question_id", int, where)
         if annotations_path is not None and question_id not in answers:
-            raise ValueError(f"{annotations_path}: no annotation for question_id {question_id} ({where})")
+            raise UserError(f"{annotations_path}: no annotation for question_id {question_id} ({where})")
         image = image_pattern.format(image_id=_get(question, "image_id", int, where))
         items.append(
             EvalItem(
@@ -254,7 +261,7 @@ def _vqa_answers(path: PathLike) -> dict[int, tuple[str, ...]]:
         entries = _records(_get(annotation, "answers", list, where), f"{where}.answers")
         given = tuple(_get(entry, "answer", str, at) for at, entry in entries)
         if not given:
-            raise ValueError(f"{where}: 'answers' is empty")
+            raise UserError(f"{where}: 'answers' is empty")
         answers[_get(annotation, "question_id", int, where)] = given
     return answers
 
@@ -268,12 +275,12 @@ def gqa(path: PathLike, image_pattern: str = "{image_id}.jpg") -> list[EvalItem]
     """
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of question id -> question, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON object of question id -> question, got {type(data).__name__}")
     items = []
     for question_id, question in data.items():
         where = f"{path}, question {question_id!r}"
         if not isinstance(question, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(question).__name__}")
+            raise UserError(f"{where}: expected a JSON object, got {type(question).__name__}")
         image = image_pattern.format(image_id=_text(question, "imageId", where))
         references = (_text(question, "answer", where),) if "answer" in question else ()
         items.append(
@@ -313,7 +320,7 @@ def _msvd_names(path: PathLike) -> dict[int, str]:
     for line_number, line in enumerate(_existing(path).read_text(encoding="utf-8").splitlines(), start=1):
         match = re.fullmatch(r"\s*(\S+)\s+vid(\d+)\s*", line)
         if match is None and line.strip():
-            raise ValueError(f"{path}, line {line_number}: expected '<clip name> vid<n>', got {line!r}")
+            raise UserError(f"{path}, line {line_number}: expected '<clip name> vid<n>', got {line!r}")
         if match is not None:
             names[int(match.group(2))] = match.group(1)
     return names
@@ -349,7 +356,7 @@ def _video_qa_media(row: dict[str, Any], name_of: Callable[[int], str | None], w
         return video_id
     name = name_of(video_id)
     if name is None:
-        raise ValueError(f"{where}: video_id {video_id} is not in the video mapping")
+        raise UserError(f"{where}: video_id {video_id} is not in the video mapping")
     return name
 
 
@@ -410,12 +417,12 @@ def _fill_template(question: str, values_literal: str, where: str) -> str:
     try:
         values = ast.literal_eval(values_literal)
     except (ValueError, SyntaxError):
-        raise ValueError(f"{where}: 'templ_values' should be a list literal, got {values_literal!r}") from None
+        raise UserError(f"{where}: 'templ_values' should be a list literal, got {values_literal!r}") from None
     if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-        raise ValueError(f"{where}: 'templ_values' should list strings, got {values_literal!r}")
+        raise UserError(f"{where}: 'templ_values' should list strings, got {values_literal!r}")
     placeholders = re.findall(r"<[^<>\s]+>", question)
     if len(placeholders) > len(values):
-        raise ValueError(f"{where}: {len(placeholders)} placeholders in {question!r} but templ_values {values!r}")
+        raise UserError(f"{where}: {len(placeholders)} placeholders in {question!r} but templ_values {values!r}")
     fill = iter(values)
     return re.sub(r"<[^<>\s]+>", lambda _: next(fill), question)
 
@@ -429,7 +436,7 @@ def avsd(path: PathLike, turns: Literal["last", "every"] = "last") -> list[EvalI
     "<image_id>_<turn index>"; an answer withheld as "__UNDISCLOSED__" (the challenge test set) gives no reference.
     """
     if turns not in ("last", "every"):
-        raise ValueError(f"turns should be 'last' or 'every', got {turns!r}")
+        raise UserError(f"turns should be 'last' or 'every', got {turns!r}")
     items = []
     for where, dialog in _records(_json_lists(path, ["dialogs"])["dialogs"], f"{path}, dialogs"):
         video = _ident(dialog, "image_id", where)
@@ -438,7 +445,7 @@ def avsd(path: PathLike, turns: Literal["last", "every"] = "last") -> list[EvalI
             for turn_where, turn in _records(_get(dialog, "dialog", list, where), f"{where}.dialog")
         ]
         if not pairs:
-            raise ValueError(f"{where}: empty 'dialog'")
+            raise UserError(f"{where}: empty 'dialog'")
         for index in range(len(pairs)) if turns == "every" else (len(pairs) - 1,):
             question, answer = pairs[index]
             references = () if answer == "__UNDISCLOSED__" else (answer,)
@@ -512,9 +519,9 @@ def _esc50_classes(path: PathLike, rows: Sequence[tuple[str, str, int, int, str]
     names: dict[int, str] = {}
     for where, _, _, target, category in rows:
         if names.setdefault(target, category) != category:
-            raise ValueError(f"{where}: target {target} is {category!r} here but {names[target]!r} before")
+            raise UserError(f"{where}: target {target} is {category!r} here but {names[target]!r} before")
     if sorted(names) != list(range(len(names))):
-        raise ValueError(f"{path}: targets should be 0..{len(names) - 1}, got {sorted(names)}")
+        raise UserError(f"{path}: targets should be 0..{len(names) - 1}, got {sorted(names)}")
     return tuple(names[target].replace("_", " ") for target in range(len(names)))
 
 

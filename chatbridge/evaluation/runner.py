@@ -19,10 +19,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from chatbridge.config import BenchmarkConfig, TrainConfig
+from chatbridge.config import TrainConfig
+from chatbridge.config_apps import BenchmarkConfig
 from chatbridge.data.datasets.base import resolve_media
 from chatbridge.data.processors.errors import MediaError
+from chatbridge.errors import UserError
 from chatbridge.evaluation.benchmarks import READERS, EvalItem
+from chatbridge.evaluation.synthetic_world import type_table
 from chatbridge.evaluation.tasks import Record, Task
 from chatbridge.inference.engine import InferenceEngine
 from chatbridge.inference.media import MediaFile, MediaInputError
@@ -49,9 +52,9 @@ class BenchmarkResult:
 def read_items(benchmark: BenchmarkConfig, where: str) -> list[EvalItem]:
     """The benchmark's items from its official files (the first `max_items` if set)."""
     if benchmark.format not in READERS:
-        raise ValueError(f"{where}.format: unknown format {benchmark.format!r}; known: {sorted(READERS)}")
+        raise UserError(f"{where}.format: unknown format {benchmark.format!r}; known: {sorted(READERS)}")
     if benchmark.annotations is None:
-        raise ValueError(f"{where}.annotations is not set: the benchmark's annotation file")
+        raise UserError(f"{where}.annotations is not set: the benchmark's annotation file")
     files = [benchmark.annotations] + ([benchmark.extra_annotations] if benchmark.extra_annotations else [])
     items = READERS[benchmark.format](*files, **benchmark.reader_options)
     return items[: benchmark.max_items] if benchmark.max_items is not None else items
@@ -164,7 +167,7 @@ def score_benchmark(name: str, benchmark: BenchmarkConfig, items: Sequence[EvalI
             reason = "unusable media"
             skipped[reason] = skipped.get(reason, 0) + 1
     if not scored:
-        raise ValueError(f"evaluation.benchmarks.{name}: no item could be evaluated ({skipped})")
+        raise UserError(f"evaluation.benchmarks.{name}: no item could be evaluated ({skipped})")
     metrics = task.score(scored, by_id, benchmark.metrics or list(task.default_metrics))
     return BenchmarkResult(name, benchmark.task, benchmark.held_out, len(scored), skipped, metrics)
 
@@ -189,14 +192,17 @@ def evaluate(config: TrainConfig, engine: InferenceEngine, context: DistributedC
 
 
 def results_table(results: Sequence[BenchmarkResult]) -> str:
-    """A markdown table: one row per benchmark, its split (held-out = zero-shot), item count and metrics."""
+    """A markdown table: one row per benchmark, its split (held-out = zero-shot), item count and metrics; then, for
+    benchmarks scored per question type, a table of their types."""
     lines = ["| benchmark | task | split | items | metrics |", "|---|---|---|---|---|"]
     for result in results:
         values = ", ".join(
             f"{key} {value * 100:.1f}" if isinstance(value, float) else f"{key}: {value}"
             for key, value in result.metrics.items()
+            if not isinstance(value, dict)
         )
         skipped = f" (+{sum(result.skipped.values())} skipped)" if result.skipped else ""
         split = "held-out" if result.held_out else "held-in"
         lines.append(f"| {result.name} | {result.task} | {split} | {result.scored}{skipped} | {values} |")
-    return "\n".join(lines) + "\n"
+    tables = [type_table(result.name, result.metrics) for result in results if "by_type" in result.metrics]
+    return "\n".join([*lines, *(f"\n{table}" for table in tables)]).rstrip("\n") + "\n"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from chatbridge.config import BenchmarkConfig
+from chatbridge.config_apps import BenchmarkConfig
 from chatbridge.evaluation.benchmarks import EvalItem
 from chatbridge.evaluation.metrics import caption_metrics, exact_match, match_choice, vqa_accuracy
 from chatbridge.inference.engine import InferenceEngine, Prompt, Request
@@ -21,8 +21,9 @@ from chatbridge.inference.media import MediaFile
 from chatbridge.registry import TASKS
 
 Record = dict[str, Any]
-Metrics = dict[str, float | str]
-"""Metric name -> value; a metric that cannot be computed here is reported as `skipped: <name>` -> the reason."""
+Metrics = dict[str, Any]
+"""Metric name -> value (a float, or a text); a metric that cannot be computed here is reported as
+`skipped: <name>` -> the reason; a task scoring question types adds `by_type`: type -> that type's metrics."""
 Predict = Callable[[InferenceEngine, Sequence[EvalItem], Sequence[Sequence[MediaFile]], BenchmarkConfig], list[Record]]
 Score = Callable[[Sequence[Record], dict[str, EvalItem], Sequence[str]], Metrics]
 
@@ -58,11 +59,19 @@ def generate_answers(
 
 
 def score_captions(records: Sequence[Record], items: dict[str, EvalItem], metrics: Sequence[str]) -> Metrics:
-    """COCO caption metrics through pycocoevalcap; metrics it cannot compute here are listed as skipped."""
+    """COCO caption metrics through pycocoevalcap (metrics it cannot compute here are listed as skipped), and
+    `exact_match` with any reference where captions come from a closed set of phrasings (the synthetic world)."""
     predictions = {record["id"]: record["prediction"] for record in records}
     references = {key: list(items[key].references) for key in predictions}
-    result = caption_metrics(predictions, references, metrics)
-    return {**result.scores, **{f"skipped: {name}": reason for name, reason in result.skipped.items()}}
+    scores: Metrics = {}
+    if "exact_match" in metrics:
+        hits = [any(exact_match(predictions[key], ref) for ref in references[key]) for key in predictions]
+        scores["exact_match"] = sum(hits) / len(hits)
+    coco = [name for name in metrics if name != "exact_match"]
+    if coco:
+        result = caption_metrics(predictions, references, coco)
+        scores |= {**result.scores, **{f"skipped: {name}": reason for name, reason in result.skipped.items()}}
+    return scores
 
 
 def score_answers(records: Sequence[Record], items: dict[str, EvalItem], metrics: Sequence[str]) -> Metrics:

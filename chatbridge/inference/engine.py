@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizer
 
-from chatbridge.config import GenerationSettings, Modality, TrainConfig
+from chatbridge.config import Modality, TrainConfig
+from chatbridge.config_apps import GenerationSettings
 from chatbridge.data.batch import ChatBridgeBatch
 from chatbridge.data.collate import collate
 from chatbridge.data.sample import Medium, MultimodalSample
@@ -24,7 +25,7 @@ from chatbridge.data.tokenize import EncodedSample
 from chatbridge.inference.generation import cut_at_stop, generate_from_embeds
 from chatbridge.inference.media import MediaFile, MediaReader
 from chatbridge.models.chatbridge import ChatBridgeModel
-from chatbridge.models.llm import load_tokenizer
+from chatbridge.models.llm import load_llm_tokenizer
 from chatbridge.models.setup import build_model_for_training
 from chatbridge.registry import CHAT_TEMPLATES
 
@@ -153,8 +154,11 @@ class InferenceEngine:
             return self.model.loss_from_embeds(embeds, batch).per_sample_loss
 
 
-def load_engine(config: TrainConfig, device: torch.device | None = None) -> InferenceEngine:
-    """Build the configured model with every checkpoint loaded, in eval mode, nothing trainable.
+def load_engine(
+    config: TrainConfig, device: torch.device | None = None, max_megabytes: float | None = None
+) -> InferenceEngine:
+    """Build the configured model with every checkpoint loaded, in eval mode, nothing trainable; media files over
+    `max_megabytes` are refused before they are read.
 
     Raises:
         FileNotFoundError: `model.checkpoint` is set but missing (e.g. the main job has not trained it yet).
@@ -169,6 +173,6 @@ def load_engine(config: TrainConfig, device: torch.device | None = None) -> Infe
     use_cuda = chosen == "cuda" or (chosen == "auto" and torch.cuda.is_available())
     target = device or torch.device("cuda" if use_cuda else "cpu")
     model = build_model_for_training(dataclasses.replace(model_cfg, trainable=[]), target)
-    reader = MediaReader(config.processor, model_cfg)
-    tokenizer = load_tokenizer(model_cfg.llm.path)
+    reader = MediaReader(config.processor, model_cfg, max_megabytes)
+    tokenizer = load_llm_tokenizer(model_cfg.llm)
     return InferenceEngine(model, tokenizer, reader, config.generation, model_cfg.chat_template)

@@ -22,7 +22,7 @@ from transformers import (
     TextStreamer,
 )
 
-from chatbridge.config import GenerationSettings
+from chatbridge.config_apps import GenerationSettings
 
 STOP_WINDOW_TOKENS = 8
 """Tokens at the end of a sequence decoded to look for the stop text (`###` spans at most 3 pieces)."""

@@ -15,6 +15,7 @@ from torch import Tensor
 from chatbridge.config import Modality, ModelConfig, ProcessorConfig
 from chatbridge.data.datasets.base import Processor, build_processor, soft_token_counts
 from chatbridge.data.processors.errors import MediaError
+from chatbridge.errors import UserError
 
 SUFFIXES: dict[Modality, tuple[str, ...]] = {
     "image": (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"),
@@ -28,10 +29,11 @@ REASONS = {
     "undecodable": "it cannot be decoded",
     "too_short": "it is too short",
     "non_finite": "it contains invalid (NaN or infinite) samples",
+    "too_large": "it is too large",
 }
 
 
-class MediaInputError(ValueError):
+class MediaInputError(UserError):
     """A user's media file that cannot be used; the message names the file."""
 
 

@@ -16,6 +16,7 @@ The policy (documented in the README's inference section):
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +24,10 @@ from dataclasses import dataclass, field
 
 from transformers import Cache
 
+from chatbridge.config_apps import GenerationSettings
 from chatbridge.data.templates import ASSISTANT, HUMAN, media_message, render_chat_prompt
 from chatbridge.data.tokenize import EncodedSample, encode_prompt
+from chatbridge.errors import UserError
 from chatbridge.inference.engine import EncodedMedium, InferenceEngine, Prompt
 from chatbridge.inference.generation import (
     CallbackStreamer,
@@ -38,7 +41,7 @@ from chatbridge.inference.media import MediaFile
 _DONE = object()  # end of an `ask_stream` queue
 
 
-class ContextOverflow(ValueError):
+class ContextOverflow(UserError):
     """A turn that cannot fit the model's context (the message says by how much)."""
 
 
@@ -70,14 +73,31 @@ class TurnResult:
 
 
 class ChatSession:
-    """A multi-turn conversation with one engine; media may come with any turn."""
+    """A multi-turn conversation with one engine; media may come with any turn.
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    Args:
+        engine: The loaded model (shared by every session).
+        settings: This conversation's generation settings (e.g. a demo user's temperature); None: the engine's.
+            They may be replaced between turns.
+    """
+
+    def __init__(self, engine: InferenceEngine, settings: GenerationSettings | None = None) -> None:
         self.engine = engine
+        self._settings = engine.settings
+        self.settings = settings or engine.settings
         self.turns: list[Turn] = []
         self.cache: Cache | None = None
         self.cached_ids: list[int] = []
         self.last: TurnResult | None = None
+
+    @property
+    def settings(self) -> GenerationSettings:
+        """How this conversation generates (the stop text defaults to the chat template's)."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: GenerationSettings) -> None:
+        self._settings = settings if settings.stop else dataclasses.replace(settings, stop=self.engine.template.stop)
 
     def reset(self) -> None:
         """Forget every turn, medium and cached position."""
@@ -96,10 +116,19 @@ class ChatSession:
             ContextOverflow: the turn does not fit the context under the configured policy.
         """
         prompt, notice = self._begin(question, media)
+        beams = self.settings.num_beams > 1  # transformers cannot stream beam search: the answer comes whole
         streamer = None
-        if on_text is not None:
-            streamer = CallbackStreamer(self.engine.tokenizer, StopFilter(self.engine.settings.stop, on_text))
-        return self._finish(prompt, self._generate(prompt, streamer), notice)
+        if on_text is not None and not beams:
+            streamer = CallbackStreamer(self.engine.tokenizer, StopFilter(self.settings.stop, on_text))
+        try:
+            generated = self._generate(prompt, streamer)
+        except BaseException:
+            self.turns.pop()  # a failed turn leaves nothing behind
+            raise
+        result = self._finish(prompt, generated, notice)
+        if on_text is not None and beams:
+            on_text(result.answer)
+        return result
 
     def ask_stream(self, question: str, media: Sequence[MediaFile] = ()) -> Iterator[str]:
         """`ask`, yielding the answer's text as it is generated; `self.last` holds the result afterwards.
@@ -144,25 +173,27 @@ class ChatSession:
         engine = self.engine
         embeds, mask, _ = engine.embed_prompts([prompt])
         ids = [engine.tokenizer.bos_token_id, *prompt.encoded.input_ids]
-        cache = self.cache if self._cache_is_prefix_of(ids) else None
-        return generate_from_embeds(engine.model.llm, engine.tokenizer, embeds, mask, engine.settings, cache, streamer)
+        # A conversation's cache holds one sequence; beam search needs one per beam, so it starts from scratch.
+        usable = self._cache_is_prefix_of(ids) and self.settings.num_beams == 1
+        cache = self.cache if usable else None
+        return generate_from_embeds(engine.model.llm, engine.tokenizer, embeds, mask, self.settings, cache, streamer)
 
     def _finish(self, prompt: Prompt, generated: Generated, notice: str | None) -> TurnResult:
-        tokenizer, stop = self.engine.tokenizer, self.engine.settings.stop
+        tokenizer, stop = self.engine.tokenizer, self.settings.stop
         tokens = generated.tokens[0].tolist()
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         turn = self.turns[-1]
         turn.answer = cut_at_stop(text, stop)
         turn.answer_ids = self._closed_answer(tokens, text)
         prompt_ids = [tokenizer.bos_token_id, *prompt.encoded.input_ids]
-        self.cache = None if self.engine.settings.faithful else generated.cache
+        self.cache = None if self.settings.faithful else generated.cache
         self.cached_ids = prompt_ids + tokens[:-1] if self.cache is not None else []
         self.last = TurnResult(turn.answer, len(tokens), len(prompt_ids), notice)
         return self.last
 
     def _closed_answer(self, tokens: list[int], text: str) -> list[int]:
         """The answer's ids for the history: as generated, without end-of-sequence, ending with the separator."""
-        tokenizer, stop = self.engine.tokenizer, self.engine.settings.stop
+        tokenizer, stop = self.engine.tokenizer, self.settings.stop
         kept = [token for token in tokens if token not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
         if stop not in text:
             kept += tokenizer.encode(stop, add_special_tokens=False)
@@ -175,7 +206,7 @@ class ChatSession:
 
     def _conversation_prompt(self) -> Prompt:
         """Every turn's ids in order (the last turn still waiting for its answer), with all media."""
-        if self.engine.settings.faithful:
+        if self.settings.faithful:
             return self._faithful_prompt()
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
@@ -203,12 +234,12 @@ class ChatSession:
         """Drop the text of the oldest turns until the conversation and the answer fit; None if nothing dropped."""
         limit = self._context_limit()
         dropped = 0
-        while (needed := self.length() + self.engine.settings.max_new_tokens) > limit:
+        while (needed := self.length() + self.settings.max_new_tokens) > limit:
             droppable = [turn for turn in self.turns[:-1] if turn.question is not None]
-            if not droppable or self.engine.settings.overflow == "refuse":
+            if not droppable or self.settings.overflow == "refuse":
                 raise ContextOverflow(
                     f"the conversation needs {needed} positions (with max_new_tokens = "
-                    f"{self.engine.settings.max_new_tokens}) but the context holds {limit}; start a new conversation"
+                    f"{self.settings.max_new_tokens}) but the context holds {limit}; start a new conversation"
                     + ("" if droppable else " or ask a shorter question")
                 )
             droppable[0].question, droppable[0].answer_ids, droppable[0].answer = None, [], ""
@@ -224,7 +255,7 @@ class ChatSession:
         return 1 + len(self._conversation_prompt().encoded.input_ids)
 
     def _context_limit(self) -> int:
-        configured = self.engine.settings.max_context
+        configured = self.settings.max_context
         return configured or int(self.engine.model.llm.config.max_position_embeddings)
 
     def history(self) -> list[tuple[str | None, str]]:

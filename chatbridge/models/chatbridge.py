@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from chatbridge.config import ModelConfig, RouteConfig
 from chatbridge.data.batch import IGNORE_INDEX, ChatBridgeBatch
 from chatbridge.models.encoders.base import Encoder
+from chatbridge.models.token_rows import TokenRows, token_rows_from_llm
 from chatbridge.registry import CONNECTORS, ENCODERS, LLMS, MODELS
 
 
@@ -52,6 +53,9 @@ class ChatBridgeModel(nn.Module):
         connector: Memory (N, S, L, D_mem) and a query set -> (N, Q, D_c).
         llm: A Hugging Face causal LM.
         frozen: Module names (`encoders.vision`, `llm`, ...) that stay in eval mode and run without gradients.
+        token_rows: Input rows of added tokens that train apart from the LLM's embedding (ChatBind), or None.
+        splice_last_medium_only: Faithful ChatBind quirk (docs/reference/chatbind.md §2.6): only the last medium of
+            each sample replaces its slot; earlier slots keep their token embedding (`<im_patch>`).
     """
 
     def __init__(  # noqa: PLR0913 - the parts of the method, one argument each
@@ -62,6 +66,8 @@ class ChatBridgeModel(nn.Module):
         connector: nn.Module,
         llm: nn.Module,
         frozen: Sequence[str] = (),
+        token_rows: TokenRows | None = None,
+        splice_last_medium_only: bool = False,
     ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(dict(encoders))
@@ -76,6 +82,8 @@ class ChatBridgeModel(nn.Module):
         self.llm_proj = nn.Linear(connector.output_width, llm.config.hidden_size)
         self.llm = llm
         self.frozen = tuple(frozen)
+        self.token_rows = token_rows
+        self.splice_last_medium_only = splice_last_medium_only
 
     def train(self, mode: bool = True) -> ChatBridgeModel:
         """Frozen parts stay in eval mode whatever the caller asks (their dropout and norms never change)."""
@@ -111,9 +119,12 @@ class ChatBridgeModel(nn.Module):
         """Step 1: the routed tower over a flat batch of items, (N, ...) -> (N, L, D), in the trainable dtype;
         what the feature cache stores. Frozen towers run in their own dtype, without a graph."""
         key, tower = self.encoder_for(modality)
-        tower_dtype = next(tower.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and f"encoders.{key}" not in self.frozen):
-            features = tower(items.to(tower_dtype), modality)
+        dtype = compute_dtype(tower)
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and f"encoders.{key}" not in self.frozen),
+            torch.autocast(items.device.type, dtype=dtype, enabled=dtype != torch.float32),
+        ):
+            features = tower(items.to(dtype), modality)
         return features.to(self.llm_proj.weight.dtype)
 
     def encode_features(self, modality: str, features: Tensor) -> Tensor:
@@ -134,7 +145,7 @@ class ChatBridgeModel(nn.Module):
     # ------------------------------------------------------------------------------------------- tokens -> loss
 
     def embed(self, input_ids: Tensor, soft_tokens: Mapping[str, Tensor], positions: Mapping[str, Tensor]) -> Tensor:
-        """Step 4: text embeddings with every placeholder slot replaced by its soft token.
+        """Step 4: text embeddings (added tokens' rows from `token_rows`) with every slot replaced by its soft token.
 
         Args:
             input_ids: (B, L) token ids.
@@ -145,6 +156,9 @@ class ChatBridgeModel(nn.Module):
             (B, L, D_llm) input embeddings.
         """
         text = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
+        if self.token_rows is not None:
+            text = self.token_rows(input_ids, text)
+        kept = last_medium_of_each_row(positions, input_ids.shape) if self.splice_last_medium_only else {}
         flat = text.flatten(0, 1)  # (B*L, D)
         for modality, soft in soft_tokens.items():  # soft: (N, Q, D)
             slots = positions[modality]  # (N, Q)
@@ -153,6 +167,8 @@ class ChatBridgeModel(nn.Module):
                     f"{modality}: the batch reserves {tuple(slots.shape)} soft-token slots but the model made "
                     f"{tuple(soft.shape[:2])} tokens; the data config and model.connector disagree"
                 )
+            if modality in kept:
+                slots, soft = slots[kept[modality]], soft[kept[modality]]
             flat = flat.index_copy(0, slots.flatten(), soft.flatten(0, 1).to(flat.dtype))
         return flat.view_as(text)
 
@@ -166,12 +182,20 @@ class ChatBridgeModel(nn.Module):
         # Positions count real tokens only, so left padding does not move them (as Hugging Face generation does);
         # a padded batch computes exactly what each sample computes alone.
         positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # The last column predicts nothing, and under causal attention no other position sees it: the LLM runs on
+        # the first L-1 columns only, which leaves every supervised logit unchanged.
         hidden = self.llm.get_decoder()(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions, use_cache=False
-        ).last_hidden_state  # (B, L, D)
+            inputs_embeds=embeds[:, :-1],
+            attention_mask=batch.attention_mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=False,
+        ).last_hidden_state  # (B, L-1, D)
         targets = batch.labels[:, 1:]  # position t predicts token t + 1
         supervised = targets != IGNORE_INDEX  # (B, L-1)
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][supervised]).float()  # (K, V)
+        # Boolean-mask indexing gathers the K supervised rows into a contiguous (K, D) tensor before the LM head
+        # (a strided view would make a bf16 linear on CPU about 20x slower), so full-vocabulary logits exist for
+        # supervised positions only.
+        logits = self.llm.get_output_embeddings()(hidden[supervised]).float()  # (K, V)
         token_losses = F.cross_entropy(logits, targets[supervised], reduction="none")  # (K,)
         count = int(supervised.sum())
         rows = supervised.nonzero()[:, 0]  # (K,) sample of each supervised token
@@ -179,6 +203,25 @@ class ChatBridgeModel(nn.Module):
         per_sample = per_sample_sum / supervised.sum(-1).clamp(min=1)
         loss = token_losses.sum() / max(count, 1)
         return ChatBridgeOutput(loss=loss, per_sample_loss=per_sample, logits=logits, num_supervised_tokens=count)
+
+
+def last_medium_of_each_row(positions: Mapping[str, Tensor], shape: torch.Size) -> dict[str, Tensor]:
+    """modality -> (N,) True for the blocks that are the last medium of their row, in a (B, L) batch."""
+    starts = {modality: slots[:, 0] for modality, slots in positions.items()}  # (N,) first slot of each block
+    if not starts:
+        return {}
+    last = next(iter(starts.values())).new_full((shape[0],), -1)
+    for start in starts.values():
+        last = last.scatter_reduce(0, start // shape[1], start, "amax")
+    return {modality: start == last[start // shape[1]] for modality, start in starts.items()}
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a tower computes in: that of its matrix weights (norms and embeddings may stay fp32)."""
+    for part in module.modules():
+        if isinstance(part, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return part.weight.dtype
+    return next(module.parameters()).dtype
 
 
 def frozen_parts(cfg: ModelConfig) -> list[str]:
@@ -199,9 +242,20 @@ def assemble_chatbridge(cfg: ModelConfig, llm: nn.Module) -> ChatBridgeModel:
     encoders = {key: ENCODERS.get(encoder.name)(encoder) for key, encoder in cfg.encoders.items()}
     memory_encoder = cfg.memory_width_encoder()
     connector = CONNECTORS.get(cfg.connector.name)(cfg.connector, encoders[memory_encoder].width, query_sets(cfg))
-    return ChatBridgeModel(encoders, cfg.routes, memory_encoder, connector, llm, frozen_parts(cfg))
+    token_rows = token_rows_from_llm(llm, cfg.llm.added_tokens, cfg.llm.token_rows) if cfg.llm.token_rows else None
+    return ChatBridgeModel(
+        encoders,
+        cfg.routes,
+        memory_encoder,
+        connector,
+        llm,
+        frozen_parts(cfg),
+        token_rows,
+        splice_last_medium_only=cfg.faithful.splice_last_medium_only,
+    )
 
 
+@MODELS.register("chatbind")  # the same model with ChatBind's parts: docs/reference/chatbind.md §1
 @MODELS.register("chatbridge")
 def build_chatbridge(cfg: ModelConfig) -> ChatBridgeModel:
     """The model with the LLM loaded from its folder and random weights elsewhere; see `loading.load_pretrained`."""

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import peft
 import sentencepiece as spm
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizer
+from transformers import (
+    AddedToken,
+    AutoConfig,
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizer,
+)
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 from chatbridge.config import LLMConfig, LoraConfig, Precision
@@ -29,6 +37,8 @@ from chatbridge.models.layers import TORCH_DTYPES
 from chatbridge.registry import LLMS
 
 _PATH_KEY = "model.llm.path"
+NEW_ROWS_SEED = 0
+"""Seed of the random rows of added tokens: they are not in stage-1 checkpoints, so a rebuild must redraw them."""
 
 
 class LegacyLlamaTokenizer(SentencePieceBackend):
@@ -50,25 +60,35 @@ class LegacyLlamaTokenizer(SentencePieceBackend):
         return self.sp_model.encode(text, out_type=str)
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizer:
-    """The folder's `tokenizer.model` as a `LegacyLlamaTokenizer`, with pad := eos as in the reference.
+def load_tokenizer(path: str | Path, added_tokens: Sequence[str] = ()) -> PreTrainedTokenizer:
+    """The folder's `tokenizer.model` as a `LegacyLlamaTokenizer`, with pad := eos as in the reference, and
+    `added_tokens` appended to its vocabulary in order.
 
     The special tokens are read from the sentencepiece model itself rather than from `tokenizer_config.json`,
     because early LLaMA conversions shipped configs with empty bos/eos strings; the ids (unk 0, bos 1, eos 2 for
-    LLaMA) are what the reference relied on.
+    LLaMA) are what the reference relied on. Added tokens split the text and swallow the whitespace on both sides,
+    like the plain-string tokens the reference added to its 4.28 slow tokenizer (docs/reference/chatbind.md §4.5).
     """
     model_file = Path(path) / "tokenizer.model"
     if not model_file.is_file():
         raise FileNotFoundError(_missing_message(path, "tokenizer.model"))
     pieces = spm.SentencePieceProcessor(model_file=str(model_file))
     eos = pieces.id_to_piece(pieces.eos_id())
-    return LegacyLlamaTokenizer(
+    tokenizer = LegacyLlamaTokenizer(
         vocab_file=str(model_file),
         unk_token=pieces.id_to_piece(pieces.unk_id()),
         bos_token=pieces.id_to_piece(pieces.bos_id()),
         eos_token=eos,
         pad_token=eos,
     )
+    for token in added_tokens:  # one by one: each gets the next id even if a later one is a known piece
+        tokenizer.add_tokens([AddedToken(token, lstrip=True, rstrip=True, normalized=False, special=True)])
+    return tokenizer
+
+
+def load_llm_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizer:
+    """The tokenizer of `model.llm`: its folder's, with `model.llm.added_tokens` (what datasets and chat need)."""
+    return load_tokenizer(_require_path(cfg), cfg.added_tokens)
 
 
 def load_causal_lm(
@@ -136,15 +156,67 @@ def low_memory_arguments(cfg: LLMConfig) -> dict[str, Any]:
 
 @LLMS.register("hf_causal_lm")
 def build_hf_causal_lm(cfg: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizer]:
-    """A local Hugging Face causal-LM folder (e.g. Vicuna-13B v0) -> (model, tokenizer), with optional LoRA."""
+    """A local Hugging Face causal-LM folder (e.g. Vicuna-13B v0) -> (model, tokenizer), with the added tokens'
+    rows and optional LoRA."""
     if cfg.lora.rank > 0 and not cfg.frozen:
         raise ValueError("model.llm.lora.rank > 0 needs model.llm.frozen = true: LoRA trains adapters, not the LLM")
-    path = _require_path(cfg)
-    tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, cfg.precision, cfg.frozen, low_memory_arguments(cfg))
+    tokenizer = load_llm_tokenizer(cfg)
+    model = load_causal_lm(cfg.path, cfg.precision, cfg.frozen, low_memory_arguments(cfg))
+    add_token_rows(model, tokenizer, cfg)
     if cfg.lora.rank > 0:
         model = add_lora(model, cfg.lora)
     return model, tokenizer
+
+
+def add_token_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, cfg: LLMConfig) -> None:
+    """Grow the input and output embeddings by the added tokens' rows, initialised as the reference did (§2.5).
+
+    A folder that already has the rows (e.g. ChatBind's merged delta) is left alone. New rows are drawn from
+    N(0, initializer_range), what transformers 4.28's resize gave `<im_patch>`; then each run of consecutive
+    `mean_init_tokens` becomes the mean of every row before it, in the order the reference added them
+    ([PAD] the mean of the base vocabulary; <im_start> and <im_end> the mean of all rows before them).
+
+    Raises:
+        ValueError: the embedding has neither the tokenizer's base nor its full size, a `mean_init_tokens` entry
+            is not an added token, or rows would have to be added to a quantized model.
+    """
+    rows, base, total = model.get_input_embeddings().num_embeddings, tokenizer.vocab_size, len(tokenizer)
+    if rows == total:
+        return
+    if rows != base:
+        raise ValueError(
+            f"{_PATH_KEY}: the LLM has {rows} embedding rows but its tokenizer {base} (+ {total - base} added tokens)"
+        )
+    unknown = sorted(set(cfg.mean_init_tokens) - set(cfg.added_tokens))
+    if unknown:
+        raise ValueError(f"model.llm.mean_init_tokens {unknown} are not in model.llm.added_tokens")
+    if cfg.quantization != "none":
+        raise ValueError("model.llm.added_tokens need new embedding rows, which a quantized LLM cannot get")
+    model.resize_token_embeddings(total, mean_resizing=False)
+    generator = torch.Generator().manual_seed(NEW_ROWS_SEED)
+    std = getattr(model.config, "initializer_range", 0.02)
+    matrices = dict.fromkeys([model.get_input_embeddings().weight, model.get_output_embeddings().weight])
+    with torch.no_grad():
+        for matrix in matrices:  # one matrix if input and output embeddings are tied
+            fresh = torch.randn(total - base, matrix.shape[1], generator=generator) * std
+            matrix[base:] = fresh.to(matrix.dtype)
+            for start, stop in _consecutive_runs(cfg.added_tokens, cfg.mean_init_tokens):
+                matrix[base + start : base + stop] = matrix[: base + start].float().mean(0).to(matrix.dtype)
+    for matrix in matrices:
+        matrix.requires_grad_(not cfg.frozen)
+
+
+def _consecutive_runs(tokens: Sequence[str], selected: Sequence[str]) -> list[tuple[int, int]]:
+    """(start, stop) index ranges of maximal runs of `tokens` that are in `selected`."""
+    runs: list[tuple[int, int]] = []
+    for index, token in enumerate(tokens):
+        if token not in selected:
+            continue
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
 
 
 def _require_path(cfg: LLMConfig) -> str:

@@ -17,13 +17,13 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from chatbridge.config import ModelConfig, TrainConfig
 from chatbridge.config_loading import save_config
+from chatbridge.errors import UserError, load_torch_file
 from chatbridge.models.chatbridge import ChatBridgeModel
 from chatbridge.models.connectors.qformer import QFormerConfig, lavis_qformer_to_hf, read_blip2_checkpoint
 
@@ -78,7 +78,7 @@ def released_to_chatbridge(state_dict: dict[str, Tensor], source: str = "checkpo
             unexpected.append(key)
     missing = [prefix for prefix in RELEASED_REQUIRED if not any(key.startswith(prefix) for key in state_dict)]
     if missing or unexpected:
-        raise ValueError(f"{source}: not a ChatBridge checkpoint: missing {missing}, unexpected {unexpected[:10]}")
+        raise UserError(f"{source}: not a ChatBridge checkpoint: missing {missing}, unexpected {unexpected[:10]}")
     renamed.update({f"connector.qformer.{k}": v for k, v in lavis_qformer_to_hf(qformer).items()})
     return renamed
 
@@ -92,27 +92,47 @@ def _rename(key: str, renames: dict[str, str] = RELEASED_RENAMES) -> str | None:
 
 def read_released_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """The tensors of a released `.pth` (`{"model": sd, ...}` or a bare state dict), in our names."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path, "model.checkpoint")
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
-        raise ValueError(f"{os.fspath(path)}: expected a state dict or {{'model': state_dict}}")
+        raise UserError(f"{os.fspath(path)}: expected a state dict or {{'model': state_dict}}")
     return released_to_chatbridge(state_dict, source=os.fspath(path))
 
 
-def assign_tensors(model: ChatBridgeModel, tensors: dict[str, Tensor], source: str) -> None:
-    """Copy `tensors` into the model's parameters/buffers of the same names; unknown names or shapes fail."""
+def bridge_parameters(model: ChatBridgeModel) -> set[str]:
+    """What a ChatBridge checkpoint must set: every parameter outside the frozen towers and the LLM (connector,
+    adapters, projection), plus any LLM parameter that trains (LoRA adapters, a fine-tuned LLM)."""
+    names = set()
+    for name, parameter in model.named_parameters():
+        if not name.startswith(("encoders.", "llm.")) or (name.startswith("llm.") and parameter.requires_grad):
+            names.add(name)
+    return names
+
+
+def assign_tensors(
+    model: ChatBridgeModel, tensors: dict[str, Tensor], source: str, required: set[str] | frozenset = frozenset()
+) -> None:
+    """Copy `tensors` into the model's parameters/buffers of the same names.
+
+    Raises:
+        UserError: a name the model does not have, a shape that differs, or a `required` name the file lacks
+            (a partial file would silently keep those parameters at their initialisation).
+    """
     own = model.state_dict()
+    missing = sorted(required - set(tensors))
+    if missing:
+        raise UserError(f"{source}: lacks {len(missing)} tensors the model needs from it, e.g. {missing[:5]}")
     unknown = sorted(set(tensors) - set(own))
     if unknown:
         hint = " (built without model.connector.temporal_embeddings?)" if any("temporal" in k for k in unknown) else ""
-        raise ValueError(f"{source}: keys the model does not have{hint}: {unknown[:10]}")
+        raise UserError(f"{source}: keys the model does not have{hint}: {unknown[:10]}")
     wrong = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in tensors.items()
         if v.shape != own[k].shape
     ]
     if wrong:
-        raise ValueError(f"{source}: shape mismatch: {wrong[:5]}")
+        raise UserError(f"{source}: shape mismatch: {wrong[:5]}")
     model.load_state_dict(tensors, strict=False)
 
 
@@ -133,7 +153,8 @@ def load_blip2_into(model: ChatBridgeModel, path: Path) -> None:
     vision_key, _ = model.encoder_for("image")
     tensors = {f"connector.{name}": tensor for name, tensor in connector.items()}
     tensors |= {f"encoders.{vision_key}.ln_vision.{name}": tensor for name, tensor in ln_vision.items()}
-    assign_tensors(model, tensors, os.fspath(path))
+    qformer = {name for name, _ in model.named_parameters() if name.startswith("connector.qformer.")}
+    assign_tensors(model, tensors, os.fspath(path), qformer | {"connector.query_tokens.image"})
 
 
 def load_chatbridge_checkpoint(model: ChatBridgeModel, path: Path) -> None:
@@ -143,7 +164,10 @@ def load_chatbridge_checkpoint(model: ChatBridgeModel, path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"model.checkpoint: {path} does not exist")
     tensors = read_our_weights(path) if path.suffix == ".safetensors" else read_released_checkpoint(path)
-    assign_tensors(model, tensors, os.fspath(path))
+    required = bridge_parameters(model)
+    if not any(name.startswith("llm.") for name in tensors):  # a checkpoint of a frozen-LLM stage (ChatBind's 1st)
+        required = {name for name in required if not name.startswith("llm.")}
+    assign_tensors(model, tensors, os.fspath(path), required)
     logger.info("loaded %d tensors from %s", len(tensors), path)
 
 
@@ -152,7 +176,7 @@ def read_our_weights(path: Path) -> dict[str, Tensor]:
     with safe_open(path, framework="pt") as handle:
         version = int((handle.metadata() or {}).get(FORMAT_KEY, 1))
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"{path} is checkpoint format {version}, newer than this chatbridge (format {FORMAT_VERSION}); upgrade"
         )
     tensors = load_file(path)
@@ -179,8 +203,13 @@ def trainable_state_dict(model: ChatBridgeModel) -> dict[str, Tensor]:
 
 def save_chatbridge_checkpoint(model: ChatBridgeModel, config: TrainConfig, folder: Path) -> Path:
     """Write `model.safetensors` (trainable tensors) and `config.yaml` into `folder`."""
+    return write_chatbridge_folder(trainable_state_dict(model), config, folder)
+
+
+def write_chatbridge_folder(tensors: dict[str, Tensor], config: TrainConfig, folder: Path) -> Path:
+    """Our checkpoint folder from tensors already gathered (`model.safetensors` and `config.yaml`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_our_weights(trainable_state_dict(model), folder / WEIGHTS_FILE)
+    write_our_weights(tensors, folder / WEIGHTS_FILE)
     save_config(config, folder / CONFIG_FILE)
     return folder
 

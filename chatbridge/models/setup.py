@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
+from timm.models.eva import EvaBlock
+from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from chatbridge.config import ModelConfig
 from chatbridge.models.chatbridge import ChatBridgeModel
@@ -18,8 +23,7 @@ def build_model_for_training(cfg: ModelConfig, device: torch.device | str = "cpu
     precision, and let exactly `cfg.trainable` train."""
     model = MODELS.get(cfg.arch)(cfg)
     load_pretrained(model, cfg)
-    cast_frozen_towers(model, cfg)
-    set_trainable(model, cfg.trainable)
+    prepare_for_training(model, cfg, torch.device(device).type)
     if getattr(model.llm, "hf_device_map", None):  # placed by accelerate (`model.llm.device_map`): leave it there
         for name, part in model.named_children():
             if name != "llm":
@@ -28,11 +32,71 @@ def build_model_for_training(cfg: ModelConfig, device: torch.device | str = "cpu
     return model.to(device)
 
 
+def prepare_for_training(model: ChatBridgeModel, cfg: ModelConfig, device_type: str = "cpu") -> None:
+    """Everything between loading the weights and moving to the device: frozen towers in their precision, the
+    attention kernels for `device_type`, then exactly `cfg.trainable` trainable."""
+    cast_frozen_towers(model, cfg)
+    set_attention(model, attention_kernel(cfg.attention, device_type))
+    set_trainable(model, cfg.trainable)
+
+
+def attention_kernel(choice: str, device_type: str) -> str:
+    """`model.attention` for a device: `auto` is eager on CPU and SDPA elsewhere.
+
+    On CPU, PyTorch's fused SDPA (flash attention for CPU) is slower than matmul + softmax at these sequence lengths,
+    most of all its backward in bf16 (benchmarks/README: a quarter of a bf16 step for under 3 % of its FLOPs).
+    """
+    if choice == "auto":
+        return "eager" if device_type == "cpu" else "sdpa"
+    return choice
+
+
+def set_attention(model: nn.Module, implementation: str) -> None:
+    """Switch every attention of the model to `eager` or `sdpa`: Hugging Face parts (the LLM, the Q-Former) through
+    their attention interface, timm's attention (EVA) through its `fused_attn` flag. Hand-written attention (BEATs)
+    and `nn.MultiheadAttention` (ImageBind) have one kernel and are left alone. Weights and names do not change."""
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.set_attn_implementation(implementation)
+        elif hasattr(module, "fused_attn"):
+            module.fused_attn = implementation == "sdpa"
+
+
+COMPILED_BLOCKS = (GradientCheckpointingLayer, EvaBlock)
+"""Transformer blocks that `compile_blocks` compiles one by one: every Hugging Face layer (LLaMA decoder layers,
+Q-Former layers) and timm's EVA blocks."""
+
+
+def compile_blocks(model: nn.Module) -> dict[str, int]:
+    """`torch.compile` each transformer block in place (`nn.Module.compile`: names and weights unchanged); returns
+    how many blocks of each class.
+
+    Blocks rather than the whole model: the glue between them (routing, splicing, the loss at supervised positions)
+    has data-dependent shapes that would break the graph, and equal blocks share one compiled graph. What inductor
+    gains on CPU is fusing the element-wise work around the matmuls (norms, rotary embedding, activations,
+    residuals); the matmuls themselves stay oneDNN/MKL calls.
+    """
+    counts: Counter[str] = Counter()
+    for module in model.modules():
+        if isinstance(module, COMPILED_BLOCKS):
+            module.compile()
+            counts[type(module).__name__] += 1
+    return dict(counts)
+
+
+LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The layers whose weights (and own biases) a frozen tower stores in its precision, as the reference's
+`convert_weights_to_fp16` did; norms, class token, position embedding and free-standing biases (EVA's q/v biases)
+stay fp32, and the tower runs under autocast (`ChatBridgeModel.tower_features`)."""
+
+
 def cast_frozen_towers(model: ChatBridgeModel, cfg: ModelConfig) -> None:
-    """Frozen encoders run in their configured precision (their LayerNorms still compute in fp32)."""
+    """Store each frozen tower's matrix weights in its configured precision (see `LOW_PRECISION_MODULES`)."""
     for key, encoder_cfg in cfg.encoders.items():
         if encoder_cfg.frozen:
-            model.encoders[key].to(TORCH_DTYPES[encoder_cfg.precision])
+            for module in model.encoders[key].modules():
+                if isinstance(module, LOW_PRECISION_MODULES):
+                    module.to(TORCH_DTYPES[encoder_cfg.precision])
 
 
 def enable_activation_checkpointing(model: ChatBridgeModel) -> list[str]:

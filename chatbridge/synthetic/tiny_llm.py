@@ -11,10 +11,13 @@ Optionally the model first learns the language of a synthetic world (`corpus`, a
 random-init LLaMA is pre-trained on them as a causal LM for `pretrain_steps` steps. Why: ChatBridge trains only the
 connector that writes soft prompt tokens into a frozen LLM. A frozen random LM predicts a near-uniform distribution
 whatever its input, so the connector has nothing to steer and the loss stays at ln(vocab); the method assumes an LLM
-that already knows the language.
+that already knows the language. The answers of the world's texts (after "###Assistant:") weigh `ANSWER_WEIGHT`
+times more in that loss than their prompts: answering after a prompt is what the frozen LM is used for, and answers
+are a small share of the tokens.
 
 Every folder records what it was generated from in `tiny_llama.json` (sizes, seed, a sha256 of the corpus texts,
-pre-training steps), and `ensure_tiny_llama_folder` regenerates a folder whose record differs from the request.
+pre-training steps, answer weight), and `ensure_tiny_llama_folder` regenerates a folder whose record differs from the
+request.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from chatbridge.data.batch import IGNORE_INDEX
 from chatbridge.data.tokenize import split_targets
 from chatbridge.synthetic.world import MANIFEST_NAME, world_texts
 from chatbridge.training.schedule import learning_rate
@@ -93,8 +96,10 @@ _SPECIAL_TOKENS_MAP = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "<
 
 SETTINGS_NAME = "tiny_llama.json"
 """The record of what a folder was generated from."""
-FORMAT_VERSION = 1
-"""Bump when generation changes in a way `TinyLlamaSettings` does not capture, so old folders are regenerated."""
+FORMAT_VERSION = 2
+"""Bump when generation changes in a way `TinyLlamaSettings` does not capture, so old folders are regenerated.
+
+2: the pre-training loss weighs answer tokens (`answer_weight`)."""
 PRETRAIN_BATCH_SIZE = 16
 PRETRAIN_MAX_TOKENS = 128
 """Longer texts are cut (the synthetic world's longest is ~85 tokens at vocabulary 512)."""
@@ -102,6 +107,10 @@ PRETRAIN_LR = 3e-3
 PRETRAIN_MIN_LR = 3e-4
 PRETRAIN_WARMUP_FRACTION = 0.05
 PRETRAIN_GRAD_CLIP = 1.0
+ANSWER_WEIGHT = 5.0
+"""Loss weight of answer tokens (from after `###Assistant:` to the closing `###`) relative to all other tokens. The
+stand-in must produce answers after a prompt, and answers are ~10% of the world's tokens: unweighted, 300 steps teach
+the prompts' wording well and the answers' values poorly (the experiment behind issue 15 needed the weighting)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class TinyLlamaSettings:
     corpus_sha256: str | None = None
     """sha256 of the world texts the tokenizer and LM learned from; None: the fixed corpus only."""
     pretrain_steps: int = 0
+    answer_weight: float = ANSWER_WEIGHT
+    """Pre-training loss weight of answer tokens (`ANSWER_WEIGHT`)."""
     format_version: int = FORMAT_VERSION
 
 
@@ -236,20 +247,35 @@ def _corpus_texts(corpus: str | Path | None, pretrain_steps: int) -> list[str] |
     return world_texts(Path(corpus))
 
 
-def _lm_sequence(pieces: spm.SentencePieceProcessor, text: str) -> list[int]:
-    """BOS + `text` + EOS for pre-training, cut to `PRETRAIN_MAX_TOKENS`.
+@dataclass(frozen=True)
+class LMSequence:
+    """One pre-training text as token ids, with the loss weight of predicting each of them."""
+
+    ids: list[int]
+    weights: list[float]
+    """The answer weight for answer tokens, 1 for the rest (the BOS is never predicted: its weight is unused)."""
+
+
+def _lm_sequence(pieces: spm.SentencePieceProcessor, text: str, answer_weight: float) -> LMSequence:
+    """BOS + `text` + EOS for pre-training, cut to `PRETRAIN_MAX_TOKENS`, answer tokens weighing `answer_weight`.
 
     The text is cut into `collate.split_targets` segments and each is encoded on its own, as the collator does,
-    so that e.g. an answer after "###Assistant:" carries its own dummy prefix ("▁red") exactly as in training.
+    so that e.g. an answer after "###Assistant:" carries its own dummy prefix ("▁red") exactly as in training; the
+    segments training supervises (answer and closing "###") are the ones weighted.
     """
-    ids = [pieces.bos_id()]
-    for segment, _ in split_targets(text):
-        ids += pieces.encode(segment)
-    return (ids + [pieces.eos_id()])[:PRETRAIN_MAX_TOKENS]
+    ids, weights = [pieces.bos_id()], [1.0]
+    for segment, supervised in split_targets(text):
+        encoded = pieces.encode(segment)
+        ids += encoded
+        weights += [answer_weight if supervised else 1.0] * len(encoded)
+    ids.append(pieces.eos_id())
+    weights.append(1.0)
+    return LMSequence(ids[:PRETRAIN_MAX_TOKENS], weights[:PRETRAIN_MAX_TOKENS])
 
 
-def pretrain_causal_lm(model: PreTrainedModel, sequences: Sequence[list[int]], steps: int, seed: int) -> None:
-    """Train every weight of `model` as a causal LM on `sequences` for `steps` AdamW steps; logs the loss.
+def pretrain_causal_lm(model: PreTrainedModel, sequences: Sequence[LMSequence], steps: int, seed: int) -> None:
+    """Train every weight of `model` as a causal LM on `sequences` for `steps` AdamW steps, each predicted token's
+    cross-entropy weighted by its `LMSequence.weights`; logs the (unweighted) loss per token.
 
     Runs on one thread: the order of floating-point reductions, and so the saved bytes, must not depend on the
     machine's core count (two threads gave other weights than one), and the tiny matrices gain nothing from more
@@ -274,17 +300,19 @@ def pretrain_causal_lm(model: PreTrainedModel, sequences: Sequence[list[int]], s
     )
 
 
-def _train(model: PreTrainedModel, sequences: Sequence[list[int]], steps: int, generator: torch.Generator) -> None:
-    """The pre-training loop: shuffled batches (an epoch at a time), linear warmup + cosine decay, fp32."""
+def _train(model: PreTrainedModel, sequences: Sequence[LMSequence], steps: int, generator: torch.Generator) -> None:
+    """The pre-training loop: shuffled batches (an epoch at a time), linear warmup + cosine decay, fp32, a loss
+    weighted per token (`_weighted_loss`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, round(PRETRAIN_WARMUP_FRACTION * steps))
     batches = _shuffled_batches(len(sequences), generator)
     model.train()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="pretraining the tiny LLM", unit="step"):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, PRETRAIN_LR, PRETRAIN_MIN_LR, PRETRAIN_MIN_LR, warmup, steps)
-        input_ids, attention_mask, labels = _pad([sequences[index] for index in next(batches)])
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        input_ids, attention_mask, weights = _pad([sequences[index] for index in next(batches)])
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = _weighted_loss(logits, input_ids, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), PRETRAIN_GRAD_CLIP)
@@ -300,28 +328,41 @@ def _shuffled_batches(count: int, generator: torch.Generator) -> Iterator[list[i
             yield order[start : start + PRETRAIN_BATCH_SIZE]
 
 
-def _pad(sequences: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded `(input_ids, attention_mask, labels)`, each (B, T); padding is masked and has no label."""
-    length = max(len(ids) for ids in sequences)
+def _pad(sequences: Sequence[LMSequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, weights)`, each (B, T); padding is masked and weighs 0."""
+    length = max(len(sequence.ids) for sequence in sequences)
     input_ids = torch.zeros(len(sequences), length, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask, input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    weights = torch.zeros(len(sequences), length)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence.ids)] = torch.tensor(sequence.ids)
+        attention_mask[row, : len(sequence.ids)] = 1
+        weights[row, : len(sequence.ids)] = torch.tensor(sequence.weights)
+    return input_ids, attention_mask, weights
 
 
-def _corpus_loss(model: PreTrainedModel, sequences: Sequence[list[int]]) -> float:
-    """Next-token cross-entropy per predicted token over all of `sequences`, in eval mode (nats)."""
+def _token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (B, T-1) of predicting token t+1 from logits (B, T, V) at t."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def _weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of the next-token losses; padding (weight 0) drops out."""
+    target_weights = weights[:, 1:]  # (B, T-1): the weight of the predicted token
+    return (_token_losses(logits, input_ids) * target_weights).sum() / target_weights.sum()
+
+
+def _corpus_loss(model: PreTrainedModel, sequences: Sequence[LMSequence]) -> float:
+    """Unweighted next-token cross-entropy per predicted token over all of `sequences`, in eval mode (nats)."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(sequences), PRETRAIN_BATCH_SIZE):
-            input_ids, attention_mask, labels = _pad(sequences[start : start + PRETRAIN_BATCH_SIZE])
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V)
-            targets = labels[:, 1:]  # (B, T-1)
-            total += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum").item()
-            count += int((targets != IGNORE_INDEX).sum())
+            input_ids, attention_mask, weights = _pad(sequences[start : start + PRETRAIN_BATCH_SIZE])
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+            predicted = weights[:, 1:] > 0  # (B, T-1): real tokens, not padding
+            total += _token_losses(logits, input_ids)[predicted].sum().item()
+            count += int(predicted.sum())
     return total / count
 
 
@@ -337,7 +378,9 @@ def _settings(
     corpus_sha256 = None
     if texts is not None:
         corpus_sha256 = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
-    return TinyLlamaSettings(vocab_size, hidden_size, num_layers, num_heads, seed, corpus_sha256, pretrain_steps)
+    return TinyLlamaSettings(
+        vocab_size, hidden_size, num_layers, num_heads, seed, corpus_sha256, pretrain_steps, ANSWER_WEIGHT
+    )
 
 
 def _write_contents(folder: Path, settings: TinyLlamaSettings, texts: Sequence[str] | None) -> None:
@@ -361,7 +404,7 @@ def _write_contents(folder: Path, settings: TinyLlamaSettings, texts: Sequence[s
         torch.manual_seed(settings.seed)
         model = LlamaForCausalLM(config)
     if settings.pretrain_steps:
-        sequences = [_lm_sequence(pieces, text) for text in texts or ()]
+        sequences = [_lm_sequence(pieces, text, settings.answer_weight) for text in texts or ()]
         pretrain_causal_lm(model, sequences, settings.pretrain_steps, settings.seed)
     # Written by hand, not with `save_pretrained`, which writes nothing on ranks other than 0 once a process group
     # exists (and any rank of a launch may be the one that generates the folder).

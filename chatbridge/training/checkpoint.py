@@ -1,13 +1,17 @@
-"""Training checkpoints: written atomically, the last K kept, resumed at the exact step.
+"""Training checkpoints: written atomically, verified before use, the last K kept, resumed at the exact step.
 
 A checkpoint is a folder `step_0000100/` holding `model.safetensors` (trainable tensors), `config.yaml` (the resolved
-config) and `training_state.pt` (optimizer, step, RNG states, data-mixture position; tensors and plain Python
-values only, so it loads with `weights_only=True`). It is written as `step_0000100.tmp/`, every file fsynced, and
-renamed into place, so a folder without the `.tmp` suffix is always complete.
+config), `training_state.pt` (optimizer, step, RNG states, data-mixture position; tensors and plain Python values
+only, so it loads with `weights_only=True`) and, written last, `manifest.json` with the size and sha256 of every
+other file. It is written as `step_0000100.tmp/`, every file fsynced, and renamed into place. A checkpoint is
+complete only when its manifest verifies, so a truncated file, a half-copied folder or a foreign `step_*` folder is
+never resumed from: `resume: auto` takes the newest complete one and says why it skipped any other.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -17,34 +21,112 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from chatbridge.config import TrainConfig
+from chatbridge.errors import UserError, load_torch_file
 from chatbridge.models.chatbridge import ChatBridgeModel
-from chatbridge.models.loading import CONFIG_FILE, WEIGHTS_FILE, read_our_weights, save_chatbridge_checkpoint
+from chatbridge.models.loading import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_our_weights,
+    trainable_state_dict,
+    write_chatbridge_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
+MANIFEST_FILE = "manifest.json"
 FINAL_NAME = "final"
+CHUNK = 1 << 24  # bytes read at a time when hashing
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / "checkpoints" / f"step_{step:07d}"
 
 
-def save_training_checkpoint(folder: Path, model: ChatBridgeModel, config: TrainConfig, state: dict[str, Any]) -> Path:
-    """Write model tensors, config and `state` into `folder` atomically (temporary folder, fsync, rename)."""
+def gather_trainable(model: ChatBridgeModel, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict]:
+    """(trainable tensors, optimizer state) in full, on CPU, for a checkpoint. Every rank must call it: parameters
+    sharded by FSDP (a trained LLM) are gathered, which is a collective."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not any(isinstance(p, DTensor) for p in trainable):
+        return trainable_state_dict(model), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    tensors = {
+        name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return tensors, get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def restore_optimizer(model: ChatBridgeModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The optimizer state of `gather_trainable`, back into a replicated or FSDP-sharded model's optimizer."""
+    if not any(isinstance(p, DTensor) for p in model.parameters() if p.requires_grad):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_training_checkpoint(folder: Path, tensors: dict[str, Any], config: TrainConfig, state: dict[str, Any]) -> Path:
+    """Write model tensors, config, `state` and the manifest into `folder` atomically (temporary folder, fsync,
+    rename). A failed write (a full disk) removes the temporary folder, leaves earlier checkpoints as they were and
+    raises UserError naming the folder."""
     temporary = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    save_chatbridge_checkpoint(model, config, temporary)
-    torch.save(state | {"rng": capture_rng_state()}, temporary / STATE_FILE)
-    for file in temporary.iterdir():
-        _fsync(file)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(temporary, folder)
-    _fsync(folder.parent)
+    try:
+        write_chatbridge_folder(tensors, config, temporary)
+        torch.save(state | {"rng": capture_rng_state()}, temporary / STATE_FILE)
+        write_manifest(temporary)
+        for file in temporary.iterdir():
+            _fsync(file)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temporary, folder)
+        _fsync(folder.parent)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {folder}: {error.strerror or error}") from error
     return folder
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and sha256 of every file in `folder` (the manifest itself is written last)."""
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in sorted(folder.iterdir())}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def why_incomplete(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint (no manifest, a missing, truncated or changed file); None if it is."""
+    try:
+        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MANIFEST_FILE}"
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        if name not in files:
+            return f"its manifest lists no {name}"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, not {expected['bytes']} (truncated?)"
+        if sha256_of(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def _fsync(path: Path) -> None:
@@ -55,32 +137,44 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
+def clean_stale_temporaries(output_dir: Path) -> None:
+    """Remove `*.tmp` folders left by a run that died while writing a checkpoint."""
+    for stale in (output_dir / "checkpoints").glob("*.tmp"):
+        logger.info("removing %s, left by an interrupted checkpoint write", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` step checkpoints (and any abandoned `.tmp` folder)."""
-    folder = output_dir / "checkpoints"
-    for stale in folder.glob("*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for old in complete_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+    clean_stale_temporaries(output_dir)
+    for old in step_folders(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old)
 
 
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete step checkpoints, oldest first."""
+def step_folders(output_dir: Path) -> list[Path]:
+    """Step checkpoint folders by name, oldest first (complete or not)."""
     folder = output_dir / "checkpoints"
     return sorted(path for path in folder.glob("step_*") if path.is_dir() and not path.name.endswith(".tmp"))
 
 
 def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
-    """`auto`: the newest complete checkpoint in `output_dir` (None if there is none); a path: that folder."""
+    """`auto`: the newest complete checkpoint in `output_dir` (None, said in the log, if there is none); a path:
+    that folder, which must be complete."""
     if resume is None:
         return None
-    if resume == "auto":
-        found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
-    folder = Path(resume)
-    if not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"run.resume: {folder} is not a training checkpoint (no {STATE_FILE})")
-    return folder
+    if resume != "auto":
+        folder = Path(resume)
+        reason = why_incomplete(folder)
+        if reason is not None:
+            raise UserError(f"run.resume: {folder} is not a complete training checkpoint: {reason}")
+        return folder
+    for folder in reversed(step_folders(output_dir)):
+        reason = why_incomplete(folder)
+        if reason is None:
+            return folder
+        logger.warning("resume: skipping %s: %s", folder, reason)
+    logger.info("resume: no complete checkpoint in %s; starting from step 0", output_dir / "checkpoints")
+    return None
 
 
 def load_training_checkpoint(folder: Path, model: ChatBridgeModel) -> dict[str, Any]:
@@ -89,12 +183,17 @@ def load_training_checkpoint(folder: Path, model: ChatBridgeModel) -> dict[str, 
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
     mismatched = sorted(set(tensors) ^ set(own)) + [n for n in tensors if n in own and tensors[n].shape != own[n].shape]
     if mismatched:
-        raise ValueError(
+        raise UserError(
             f"{folder} was written by another architecture or trainable set ({len(mismatched)} tensors differ, "
             f"e.g. {mismatched[:3]}); its config is {folder / CONFIG_FILE}"
         )
-    model.load_state_dict(tensors, strict=False)
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    if any(isinstance(p, DTensor) for p in own.values()):  # FSDP-sharded: every rank takes its shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(tensors, strict=False)
+    state = load_torch_file(folder / STATE_FILE, "run.resume")
     restore_rng_state(state.pop("rng"))
     return state
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,13 @@ def average_gradients(parameters: list[torch.nn.Parameter], context: Distributed
 
     This replaces DDP's wrapper: with several modalities, a step often leaves some parameters unused (the audio
     queries on an image batch), which DDP can only handle with `find_unused_parameters=True` and a graph walk per
-    step; and a zero gradient instead of `None` would give those parameters AdamW "ghost" updates.
+    step; and a zero gradient instead of `None` would give those parameters AdamW "ghost" updates. Parameters
+    sharded by FSDP (DTensors) are skipped: FSDP's reduce-scatter has averaged their gradients already.
     """
     if context.world_size == 1:
+        return
+    parameters = [p for p in parameters if not isinstance(p, DTensor)]
+    if not parameters:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     has_grad = torch.tensor([float(p.grad is not None) for p in parameters], device=context.device)
@@ -93,27 +98,47 @@ def average_gradients(parameters: list[torch.nn.Parameter], context: Distributed
         offset += size
 
 
-def shard_frozen_llm(llm: torch.nn.Module) -> int:
-    """Shard the frozen LLM's weights over the ranks with FSDP2 (`fully_shard`); returns the units sharded.
+def shard_model(model: torch.nn.Module) -> int:
+    """Shard the model with FSDP2 (`fully_shard`) for `run.fsdp`; returns the number of units.
 
-    Each decoder layer, the input embeddings, the final norm and the LM head become one unit, gathered just for its
-    own forward (and again for the backward, which flows through the frozen weights into the soft tokens). Units,
-    not one root, because the model calls the embeddings, the decoder and the head separately. The LLM is loaded
-    whole on every rank first and then sharded, so the saving is in steady-state, not peak load, memory.
-
-    Raises:
-        ValueError: the LLM has trainable weights (LoRA) or parameters outside the units (an unknown layout).
+    The LLM is sharded per unit (`shard_llm_units`). If the LLM trains (ChatBind's full fine-tuning, or LoRA), every
+    other part that trains (`llm_proj`, `token_rows`, the connector...) becomes one unit too: torch refuses to mix
+    sharded and plain tensors in one fused AdamW step or gradient-norm computation, and FSDP's reduce-scatter then
+    averages every gradient (`average_gradients` skips them). With a frozen LLM the trainable parts stay plain and
+    replicated, as before.
     """
     from torch.distributed.fsdp import fully_shard
 
-    if any(parameter.requires_grad for parameter in llm.parameters()):
-        raise ValueError("run.fsdp shards a frozen LLM only; it cannot be combined with model.llm.lora")
+    units = shard_llm_units(model.llm)
+    if any(parameter.requires_grad for parameter in model.llm.parameters()):
+        for name, part in model.named_children():
+            if name != "llm" and any(parameter.requires_grad for parameter in part.parameters()):
+                fully_shard(part)
+                units += 1
+    return units
+
+
+def shard_llm_units(llm: torch.nn.Module) -> int:
+    """Shard the LLM's weights over the ranks with FSDP2; returns the units sharded.
+
+    Each decoder layer, the input embeddings, the final norm and the LM head become one unit, gathered just for its
+    own forward (and again for the backward, which flows through the LLM into the soft tokens). Units, not one root,
+    because the model calls the embeddings, the decoder and the head separately. A frozen LLM saves weight memory; a
+    trained one also has its gradients reduce-scattered and its AdamW state sharded, which is what makes full
+    fine-tuning fit. The LLM is loaded whole on every rank first, so the saving is in steady-state, not peak load,
+    memory.
+
+    Raises:
+        ValueError: the LLM has parameters outside the units (an unknown layout).
+    """
+    from torch.distributed.fsdp import fully_shard
+
     decoder = llm.get_decoder()
     units = [*decoder.layers, llm.get_input_embeddings(), llm.get_output_embeddings()]
     units += [decoder.norm] if hasattr(decoder, "norm") else []
     for unit in units:
         fully_shard(unit)
-    left = [name for name, p in llm.named_parameters() if type(p).__name__ != "DTensor"]
+    left = [name for name, p in llm.named_parameters() if not isinstance(p, DTensor)]
     if left:
         raise ValueError(f"run.fsdp: parameters outside the sharded units: {left[:5]}")
     return len(units)

@@ -16,6 +16,7 @@ import torch
 
 from chatbridge.config import TrainConfig
 from chatbridge.data.datasets.base import build_processor, soft_token_counts
+from chatbridge.errors import UserError
 from chatbridge.models.chatbridge import ChatBridgeModel, assemble_chatbridge
 from chatbridge.models.freezing import count_parameters, set_trainable
 from chatbridge.models.llm import build_causal_lm_on_meta
@@ -44,13 +45,33 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
+LLM_SHAPES = Path(__file__).parents[1] / "configs" / "llms"
+
+
+def llm_shape(config: TrainConfig) -> dict:
+    """The LLM's `config.json`: from its folder when it is on disk, else the shape `model.llm.architecture` names;
+    a shipped (base) shape grows by the tokens the recipe adds (ChatBind's `<im_patch>`, ...), as loading does."""
+    llm = config.model.llm
+    in_folder = Path(llm.path or "") / "config.json"
+    if in_folder.is_file():
+        return json.loads(in_folder.read_text())
+    if llm.architecture is None:
+        raise UserError(
+            f"model.llm.path: {in_folder} is missing and model.llm.architecture is unset; the dry run needs one of "
+            f"them for the LLM's shape (shipped: {sorted(p.stem for p in LLM_SHAPES.glob('*.json'))})"
+        )
+    shipped = LLM_SHAPES / f"{llm.architecture}.json"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in LLM_SHAPES.glob("*.json"))
+        raise UserError(f"model.llm.architecture: unknown {llm.architecture!r}; shipped: {known}")
+    shape = json.loads(shipped.read_text())
+    return shape | {"vocab_size": shape["vocab_size"] + len(llm.added_tokens)}
+
+
 def build_on_meta(config: TrainConfig) -> ChatBridgeModel:
-    """The configured model on the meta device; the LLM's shape comes from `config.json` in its folder."""
-    config_file = Path(config.model.llm.path or "") / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"model.llm.path: {config_file} is missing; the dry run reads the LLM's shape from it")
+    """The configured model on the meta device (shapes only: no weight is read or allocated)."""
     with torch.device("meta"):
-        model = assemble_chatbridge(config.model, build_causal_lm_on_meta(json.loads(config_file.read_text())))
+        model = assemble_chatbridge(config.model, build_causal_lm_on_meta(llm_shape(config)))
     set_trainable(model, config.model.trainable)
     return model
 
@@ -73,14 +94,22 @@ def longest_sequence(config: TrainConfig) -> tuple[int, int]:
 def estimate_memory(
     config: TrainConfig, model: ChatBridgeModel, world_size: int, fsdp: bool, checkpointing: bool
 ) -> MemoryEstimate:
-    """Per-device bytes for `config` on `world_size` devices (FSDP shards only the frozen LLM's weights)."""
+    """Per-device bytes for `config` on `world_size` devices.
+
+    FSDP shards the LLM (`shard_model`): a frozen LLM's weights, and when the LLM trains, every trainable
+    parameter with its gradient and AdamW state (fp32 masters: 4 + 4 + 8 bytes each); otherwise trainable
+    parameters are replicated.
+    """
     trainable, frozen = count_parameters(model)
-    llm_parameters = sum(p.numel() for p in model.llm.parameters())
-    llm_bytes = llm_parameters * BYTES[config.model.llm.precision] / (world_size if fsdp else 1)
+    llm_trains = any(p.requires_grad for p in model.llm.parameters())
+    shard = world_size if fsdp else 1
+    frozen_llm = sum(p.numel() for p in model.llm.parameters() if not p.requires_grad)
+    llm_bytes = frozen_llm * BYTES[config.model.llm.precision] / shard
     tower_bytes = sum(
         sum(p.numel() for p in model.encoders[key].parameters()) * BYTES[encoder.precision]
         for key, encoder in config.model.encoders.items()
     )
+    trained = trainable / (shard if llm_trains else 1)
     batch, length = longest_sequence(config)
     llm_config = model.llm.config
     activation_bytes = batch * length * llm_config.hidden_size * llm_config.num_hidden_layers
@@ -88,9 +117,9 @@ def estimate_memory(
     return MemoryEstimate(
         trainable_parameters=trainable,
         frozen_parameters=frozen,
-        weights=llm_bytes + tower_bytes + trainable * 4,
-        gradients=trainable * 4,
-        optimizer=trainable * 8,
+        weights=llm_bytes + tower_bytes + trained * 4,
+        gradients=trained * 4,
+        optimizer=trained * 8,
         activations=activation_bytes,
     )
 

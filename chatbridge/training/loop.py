@@ -22,8 +22,8 @@ from chatbridge.data.mixture import MixtureLoader, build_datasets, build_train_m
 from chatbridge.models.chatbridge import ChatBridgeModel
 from chatbridge.models.freezing import count_parameters
 from chatbridge.models.layers import TORCH_DTYPES
-from chatbridge.models.llm import load_tokenizer
-from chatbridge.models.setup import build_model_for_training, enable_activation_checkpointing
+from chatbridge.models.llm import load_llm_tokenizer
+from chatbridge.models.setup import build_model_for_training, compile_blocks, enable_activation_checkpointing
 from chatbridge.training import checkpoint as ckpt
 from chatbridge.training.distributed import (
     DistributedContext,
@@ -32,7 +32,7 @@ from chatbridge.training.distributed import (
     barrier,
     cleanup_distributed,
     setup_distributed,
-    shard_frozen_llm,
+    shard_model,
 )
 from chatbridge.training.feature_cache import attach_feature_caches
 from chatbridge.training.metrics_log import MetricsLog, WindowMeans
@@ -73,7 +73,9 @@ def train(config: TrainConfig) -> TrainResult:
     start_step = _resume(config, output_dir, model, optimizer, scaler, mixture)
 
     # 3. Steps.
-    log = MetricsLog(output_dir, config.run.tensorboard, config.run.wandb_project) if context.is_main else None
+    log = None
+    if context.is_main:
+        log = MetricsLog(output_dir, config.run.tensorboard, config.run.wandb_project, start_step)
     losses, window = [], WindowMeans()
     progress = tqdm(
         range(start_step, config.run.max_steps),
@@ -117,11 +119,13 @@ def _prepare_model(config: TrainConfig, context: DistributedContext) -> ChatBrid
     model = build_model_for_training(config.model, context.device)
     if config.run.activation_checkpointing:
         logger.info("activation checkpointing: %s", ", ".join(enable_activation_checkpointing(model)))
+    if config.run.compile:
+        logger.info("torch.compile: %s", compile_blocks(model))
     trainable, frozen = count_parameters(model)
     logger.info("parameters: %s trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     if config.run.fsdp and context.world_size > 1:
-        units = shard_frozen_llm(model.llm)
-        logger.info("FSDP: frozen LLM sharded in %d units over %d ranks", units, context.world_size)
+        units = shard_model(model)
+        logger.info("FSDP: model sharded in %d units over %d ranks", units, context.world_size)
     elif config.run.fsdp:
         logger.info("FSDP: one process, nothing to shard")
     return model
@@ -129,7 +133,7 @@ def _prepare_model(config: TrainConfig, context: DistributedContext) -> ChatBrid
 
 def _prepare_data(config: TrainConfig, model: ChatBridgeModel, context: DistributedContext) -> MixtureLoader:
     """The datasets (built from the config alone), reading the feature cache if asked, mixed for this rank."""
-    tokenizer = load_tokenizer(config.model.llm.path)
+    tokenizer = load_llm_tokenizer(config.model.llm)
     sources = build_datasets(config, tokenizer)
     if config.run.feature_cache:
         if not context.is_main:
@@ -142,7 +146,7 @@ def _prepare_data(config: TrainConfig, model: ChatBridgeModel, context: Distribu
 
 
 def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, context: DistributedContext):
-    """One optimizer step over `grad_accum_steps` micro-batches on every rank.
+    """One optimizer step over the step's micro-batches (`grad_accum_steps` of them) on every rank.
 
     The loss is normalised by the number of supervised tokens in the whole step (all micro-batches, all ranks),
     so accumulation and data parallelism compute exactly the token-mean loss of the combined batch (the reference
@@ -151,19 +155,17 @@ def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, cont
     Returns (loss of the step, samples on this rank, loss per dataset name).
     """
     optimizer.zero_grad(set_to_none=not config.model.faithful.zero_grad_keep_zeros)
-    micro_batches = [next(mixture) for _ in range(config.run.grad_accum_steps)]
-    tokens_here = sum(batch.num_supervised_tokens for _, batch in micro_batches)
+    name, batches = next(mixture)  # one draw of batch_size x grad_accum_steps samples, already split
+    tokens_here = sum(batch.num_supervised_tokens for batch in batches)
     tokens_everywhere = max(all_reduce_sum(float(tokens_here), context.device), 1.0)
-    step_loss, samples, per_dataset = 0.0, 0, {}
-    for name, batch in micro_batches:
+    step_loss, samples = 0.0, 0
+    for batch in batches:
         batch = batch.to(context.device)
         with _autocast(config, context):
             output = model(batch)
         scaler.scale(output.loss * output.num_supervised_tokens * context.world_size / tokens_everywhere).backward()
-        loss_value = output.loss.item()  # one host sync per micro-batch
-        step_loss += loss_value * output.num_supervised_tokens / tokens_everywhere
+        step_loss += output.loss.item() * output.num_supervised_tokens / tokens_everywhere  # one host sync
         samples += batch.input_ids.shape[0]
-        per_dataset[f"loss/{name}"] = loss_value
     trainable = [p for group in optimizer.param_groups for p in group["params"]]  # no walk over frozen weights
     average_gradients(trainable, context)
     if config.run.grad_clip is not None:
@@ -174,7 +176,7 @@ def _optimizer_step(model, optimizer, scaler, mixture, config: TrainConfig, cont
     step_loss = all_reduce_sum(step_loss, context.device)
     if not math.isfinite(step_loss):
         raise FloatingPointError(f"loss became {step_loss}; lower run.init_lr or use run.precision=fp32")
-    return step_loss, samples, per_dataset
+    return step_loss, samples, {f"loss/{name}": step_loss}
 
 
 def _autocast(config: TrainConfig, context: DistributedContext):
@@ -192,11 +194,12 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, st
 
 
 def _resume(config, output_dir, model, optimizer, scaler, mixture) -> int:
+    ckpt.clean_stale_temporaries(output_dir)
     folder = ckpt.find_resume_checkpoint(config.run.resume, output_dir)
     if folder is None:
         return 0
     state = ckpt.load_training_checkpoint(folder, model)
-    optimizer.load_state_dict(state["optimizer"])
+    ckpt.restore_optimizer(model, optimizer, state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     mixture.load_state_dict(state["mixture"])
     logger.info("resumed from %s at step %d", folder, state["step"])
@@ -205,14 +208,15 @@ def _resume(config, output_dir, model, optimizer, scaler, mixture) -> int:
 
 def _save(config, output_dir, model, optimizer, scaler, mixture, step: int, context: DistributedContext) -> Path:
     folder = ckpt.checkpoint_dir(output_dir, step)
+    tensors, optimizer_state = ckpt.gather_trainable(model, optimizer)  # on every rank: a gather when sharded
     if context.is_main:
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scaler": scaler.state_dict(),
             "mixture": mixture.state_dict(),
         }
-        ckpt.save_training_checkpoint(folder, model, config, state)
+        ckpt.save_training_checkpoint(folder, tensors, config, state)
         ckpt.prune_checkpoints(output_dir, config.run.keep_last)
         logger.info("checkpoint: %s", folder)
     barrier()

@@ -28,10 +28,15 @@ class WindowMeans:
 
 
 class MetricsLog:
-    """Append-only log of per-step metrics; one JSON object per line so a crash loses at most one line."""
+    """Append-only log of per-step metrics; one JSON object per line so a crash loses at most one line.
 
-    def __init__(self, output_dir: Path, tensorboard: bool, wandb_project: str | None) -> None:
+    A run that starts (or resumes) at step `start_step` first drops the lines of later steps, which the run will
+    log again, so the file holds every step once.
+    """
+
+    def __init__(self, output_dir: Path, tensorboard: bool, wandb_project: str | None, start_step: int = 0) -> None:
         self.path = output_dir / "metrics.jsonl"
+        _keep_steps_up_to(self.path, start_step)
         self._file = self.path.open("a", encoding="utf-8")
         self._tensorboard = _open_tensorboard(output_dir) if tensorboard else None
         self._wandb = _open_wandb(wandb_project, output_dir) if wandb_project else None
@@ -53,6 +58,20 @@ class MetricsLog:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _keep_steps_up_to(path: Path, step: int) -> None:
+    """Rewrite `path` without the lines of steps after `step` (and without a torn last line)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _open_tensorboard(output_dir: Path) -> Any:

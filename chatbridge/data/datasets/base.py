@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizer
 from chatbridge.config import DatasetConfig, Modality, ModelConfig, ProcessorConfig
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.data.sample import Medium, MultimodalSample
+from chatbridge.errors import UserError
 from chatbridge.registry import PROCESSORS
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,9 @@ def read_annotation_list(path: str | Path) -> list[Any]:
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise UserError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of annotation objects, got {type(rows).__name__}")
+        raise UserError(f"{path}: expected a JSON list of annotation objects, got {type(rows).__name__}")
     return rows
 
 
@@ -137,7 +138,7 @@ def parse_rows(
             bad[error.kind] += 1
             first_error = first_error or f"{path}: row {number}: {error}"
     if bad and not skip_bad_rows:
-        raise ValueError(
+        raise UserError(
             f"{first_error} ({sum(bad.values())} malformed rows in total; "
             "set skip_bad_rows: true to drop and count them)"
         )
@@ -247,7 +248,7 @@ class MediaLoader:
         feature_caches: Mapping[Modality, FeatureReader] | None = None,
     ) -> None:
         if list(roots) != list(processors):
-            raise ValueError(f"roots {list(roots)} and processors {list(processors)} must list the same modalities")
+            raise UserError(f"roots {list(roots)} and processors {list(processors)} must list the same modalities")
         self.roots = dict(roots)
         self.processors = dict(processors)
         self.soft_tokens = dict(soft_tokens)
@@ -286,7 +287,7 @@ def build_processor(modality: Modality, cfg: ProcessorConfig) -> Processor:
     """The registered processor `cfg` names for `modality` (the routed encoder's choice unless set)."""
     name = getattr(cfg, f"{modality}_processor")
     if name is None:
-        raise ValueError(
+        raise UserError(
             f"processor.{modality}_processor is unset: route {modality!r} to an encoder in model.routes, "
             "or name a processor"
         )
@@ -302,7 +303,7 @@ def check_modalities(name: str, modalities: Sequence[str]) -> tuple[Modality, ..
     """`cfg.modalities` as a tuple; raises ValueError naming the dataset for an empty, repeated or unknown entry."""
     unknown = [modality for modality in modalities if modality not in ROOT_FIELDS]
     if not modalities or unknown or len(set(modalities)) != len(modalities):
-        raise ValueError(
+        raise UserError(
             f"dataset {name}: modalities must be distinct entries of {list(ROOT_FIELDS)}, got {list(modalities)}"
         )
     return tuple(modalities)
@@ -314,7 +315,7 @@ def build_media_loader(name: str, cfg: DatasetConfig, model: ModelConfig) -> Med
     for modality in check_modalities(name, cfg.modalities):
         root = getattr(cfg, ROOT_FIELDS[modality])
         if root is None:
-            raise ValueError(f"dataset {name}: {ROOT_FIELDS[modality]} is required for {modality} media")
+            raise UserError(f"dataset {name}: {ROOT_FIELDS[modality]} is required for {modality} media")
         roots[modality] = Path(root)
     processors = {modality: build_processor(modality, cfg.processor) for modality in roots}
     return MediaLoader(roots, processors, soft_token_counts(model, processors))

@@ -35,6 +35,7 @@ from chatbridge.data.datasets.base import (
 from chatbridge.data.sample import MultimodalSample
 from chatbridge.data.templates import render_caption
 from chatbridge.data.tokenize import EncodedSample, encode_stage1
+from chatbridge.errors import UserError
 from chatbridge.registry import DATASETS
 
 CAPTION_KEYS = ("caption", "desc")
@@ -120,9 +121,9 @@ class CaptionSource:
 def single_modality(name: str, cfg: DatasetConfig) -> Modality:
     """The one modality of a stage-1 dataset; raises ValueError naming the dataset otherwise."""
     if len(cfg.modalities) != 1:
-        raise ValueError(f"dataset {name}: stage-1 captions take exactly one modality, got {list(cfg.modalities)}")
+        raise UserError(f"dataset {name}: stage-1 captions take exactly one modality, got {list(cfg.modalities)}")
     if cfg.task != "caption":
-        raise ValueError(f"dataset {name}: builder {cfg.builder!r} only does task 'caption', got {cfg.task!r}")
+        raise UserError(f"dataset {name}: builder {cfg.builder!r} only does task 'caption', got {cfg.task!r}")
     return cfg.modalities[0]
 
 
@@ -131,7 +132,7 @@ def build_caption_json(name: str, cfg: DatasetConfig, context: DataContext) -> C
     """A VALOR caption file (`cfg.annotations`) over the folder of its one modality."""
     single_modality(name, cfg)
     if cfg.annotations is None:
-        raise ValueError(f"dataset {name}: annotations (the caption JSON) is required")
+        raise UserError(f"dataset {name}: annotations (the caption JSON) is required")
     media = build_media_loader(name, cfg, context.model)
     rows, bad_rows = parse_rows(
         cfg.annotations, read_annotation_list(cfg.annotations), parse_caption_row, cfg.skip_bad_rows

@@ -55,6 +55,7 @@ from chatbridge.data.templates import (
     sample_instruction,
 )
 from chatbridge.data.tokenize import encode_conversation
+from chatbridge.errors import UserError
 from chatbridge.registry import DATASETS
 
 MODALITY_CODES: dict[tuple[Modality, ...], str] = {
@@ -213,15 +214,15 @@ def load_task_templates(name: str, cfg: DatasetConfig) -> dict[str, list[str]]:
         return {}
     key = prompt_key(cfg.modalities, cfg.task)
     if cfg.prompts is None:
-        raise ValueError(f"dataset {name}: task {cfg.task!r} needs prompts (a task_prompt.json with key {key!r})")
+        raise UserError(f"dataset {name}: task {cfg.task!r} needs prompts (a task_prompt.json with key {key!r})")
     templates = load_instruction_templates(cfg.prompts)
     if key not in templates:
-        raise ValueError(f"dataset {name}: {cfg.prompts} has no templates {key!r}; it has {sorted(templates)}")
+        raise UserError(f"dataset {name}: {cfg.prompts} has no templates {key!r}; it has {sorted(templates)}")
     needs_question = cfg.task in QA_TASKS
     for template in templates[key]:
         if (QUESTION_PLACEHOLDER in template) != needs_question:
             state = "lacks" if needs_question else "has"
-            raise ValueError(
+            raise UserError(
                 f"dataset {name}: {cfg.prompts} template of {key!r} {state} {QUESTION_PLACEHOLDER}: {template!r}"
             )
     return {key: templates[key]}
@@ -231,15 +232,15 @@ def load_task_templates(name: str, cfg: DatasetConfig) -> dict[str, list[str]]:
 def build_multis_json(name: str, cfg: DatasetConfig, context: DataContext) -> InstructionSource:
     """A MULTIS annotation file (`cfg.annotations`) of task `cfg.task` over the folders of `cfg.modalities`."""
     if cfg.task not in get_args(Task):
-        raise ValueError(f"dataset {name}: unknown task {cfg.task!r}; known: {list(get_args(Task))}")
+        raise UserError(f"dataset {name}: unknown task {cfg.task!r}; known: {list(get_args(Task))}")
     media = build_media_loader(name, cfg, context.model)
     if media.modalities not in MODALITY_CODES or media.modalities not in MEDIA_PREFIXES:
-        raise ValueError(
+        raise UserError(
             f"dataset {name}: no stage-2 template for modalities {list(media.modalities)}; "
             f"known: {[list(m) for m in MODALITY_CODES]}"
         )
     if cfg.annotations is None:
-        raise ValueError(f"dataset {name}: annotations (the MULTIS JSON) is required")
+        raise UserError(f"dataset {name}: annotations (the MULTIS JSON) is required")
     templates = load_task_templates(name, cfg)
     rows, bad_rows = parse_rows(
         cfg.annotations, read_annotation_list(cfg.annotations), row_parser(cfg.task), cfg.skip_bad_rows

@@ -61,6 +61,7 @@ from chatbridge.data.datasets.base import (
 from chatbridge.data.datasets.captions import encode_caption, single_modality
 from chatbridge.data.processors.errors import MediaError, decoding
 from chatbridge.data.sample import Medium, MultimodalSample
+from chatbridge.errors import UserError
 from chatbridge.registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def resolve_shards(spec: str | Path) -> list[Path]:
         shards = [Path(name) for name in braceexpand.braceexpand(spec)]
     missing = [str(shard) for shard in shards if not shard.is_file()]
     if missing or not shards:
-        raise ValueError(f"shards {spec!r}: " + (f"missing {missing[:5]}" if missing else "no .tar files found"))
+        raise UserError(f"shards {spec!r}: " + (f"missing {missing[:5]}" if missing else "no .tar files found"))
     return shards
 
 
@@ -347,7 +348,7 @@ def build_caption_shards(name: str, cfg: DatasetConfig, context: DataContext) ->
     """Stage-1 captions from shards written by `write_shards`; `cfg.annotations` is the shard folder or pattern."""
     modality = single_modality(name, cfg)
     if cfg.annotations is None:
-        raise ValueError(f"dataset {name}: annotations (a shard folder or brace pattern) is required")
+        raise UserError(f"dataset {name}: annotations (a shard folder or brace pattern) is required")
     shards = resolve_shards(cfg.annotations)
     found = index_shards(name, shards)
     processor = build_processor(modality, cfg.processor)

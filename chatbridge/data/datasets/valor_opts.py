@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from chatbridge.config import DatasetConfig, Modality, ProcessorConfig, Task
+from chatbridge.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ def code_modalities(code: str, datatype: str, where: str) -> list[Modality]:
         "tia": (["image", "audio"], datatype == "image"),
     }
     if code not in by_code:
-        raise ValueError(f"{where}: unknown task code {code!r}; known: {sorted(by_code)}")
+        raise UserError(f"{where}: unknown task code {code!r}; known: {sorted(by_code)}")
     modalities, consistent = by_code[code]
     if not consistent:
-        raise ValueError(f"{where}: task code {code!r} does not fit datatype {datatype!r}")
+        raise UserError(f"{where}: task code {code!r} does not fit datatype {datatype!r}")
     return modalities
 
 
@@ -86,10 +87,10 @@ def parse_task(task: str, datatype: str, where: str) -> tuple[list[Modality], Ta
     """One task alternative, e.g. `tva-conv` -> ([video, audio], "conv", "multis_json")."""
     code, _, suffix = task.partition("-")
     if suffix not in TASK_SUFFIXES or (task.endswith("-") and not suffix):
-        raise ValueError(f"{where}: unknown task {task!r}; suffixes: {sorted(s for s in TASK_SUFFIXES if s)}")
+        raise UserError(f"{where}: unknown task {task!r}; suffixes: {sorted(s for s in TASK_SUFFIXES if s)}")
     modalities = code_modalities(code, datatype, where)
     if not suffix and len(modalities) != 1:
-        raise ValueError(f"{where}: stage-1 captioning takes one modality, {task!r} has {modalities}")
+        raise UserError(f"{where}: stage-1 captioning takes one modality, {task!r} has {modalities}")
     return modalities, TASK_SUFFIXES[suffix], "caption_json" if not suffix else "multis_json"
 
 
@@ -119,7 +120,7 @@ def media_roots(dataset: dict[str, Any], modalities: list[Modality], folder: Pat
     for modality in modalities:
         key = "audio" if modality == "audio" else "video"
         if not dataset.get(key):
-            raise ValueError(f"{where}: dataset {dataset.get('name')!r} needs a {key!r} folder for {modality} media")
+            raise UserError(f"{where}: dataset {dataset.get('name')!r} needs a {key!r} folder for {modality} media")
         roots[f"{modality}_root"] = str(folder / dataset[key])
     return roots
 
@@ -127,12 +128,12 @@ def media_roots(dataset: dict[str, Any], modalities: list[Modality], folder: Pat
 def check_top_level(opts: Any, path: Path) -> list[dict[str, Any]]:
     """The `data_cfg.train` groups, after refusing settings this implementation does not support."""
     if not isinstance(opts, dict) or not isinstance(opts.get("data_cfg", {}).get("train"), list):
-        raise ValueError(f"{path}: expected an object with data_cfg.train (a list of loader groups)")
+        raise UserError(f"{path}: expected an object with data_cfg.train (a list of loader groups)")
     if opts.get("zh"):
-        raise ValueError(f"{path}: zh mode is not supported (it never produced supervised tokens, §2.3.1)")
+        raise UserError(f"{path}: zh mode is not supported (it never produced supervised tokens, §2.3.1)")
     audio_encoder = opts.get("audio_encoder_type", "beat")
     if audio_encoder != "beat":
-        raise ValueError(f"{path}: audio_encoder_type {audio_encoder!r} is not supported; only 'beat' (BEATs fbank)")
+        raise UserError(f"{path}: audio_encoder_type {audio_encoder!r} is not supported; only 'beat' (BEATs fbank)")
     return opts["data_cfg"]["train"]
 
 
@@ -141,10 +142,10 @@ def group_configs(
 ) -> dict[str, DatasetConfig]:
     """The `DatasetConfig`s of one loader group, keyed by name."""
     if "steps" not in group or "batch_size" not in group:
-        raise ValueError(f"{where}: needs 'steps' (sampling weight; 'epoch' is not supported) and 'batch_size'")
+        raise UserError(f"{where}: needs 'steps' (sampling weight; 'epoch' is not supported) and 'batch_size'")
     datasets, tasks = group.get("datasets") or [], str(group.get("task", "")).split("%")
     if not datasets:
-        raise ValueError(f"{where}: no datasets")
+        raise UserError(f"{where}: no datasets")
     if len(datasets) > 1:
         logger.warning("%s: %d datasets share the group's weight evenly, not by length", where, len(datasets))
     configs = {}
@@ -187,6 +188,6 @@ def datasets_from_valor_opts(path: str | Path, prompts: str | Path | None = None
         where = f"{path}: data_cfg.train[{number}] (task {group.get('task')!r})"
         for name, config in group_configs(opts, group, folder, str(prompts) if prompts else None, where).items():
             if name in configs:
-                raise ValueError(f"{where}: dataset name {name!r} is used twice")
+                raise UserError(f"{where}: dataset name {name!r} is used twice")
             configs[name] = config
     return configs

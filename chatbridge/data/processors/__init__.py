@@ -1,5 +1,5 @@
 """Media processors; importing this package registers their builders."""
 
-from chatbridge.data.processors import audio, image, video
+from chatbridge.data.processors import audio, image, imagebind, video
 
-__all__ = ["audio", "image", "video"]
+__all__ = ["audio", "image", "imagebind", "video"]

@@ -35,13 +35,17 @@ AudioSource = str | os.PathLike | BinaryIO
 """An audio (or video) file, or an open binary stream of one."""
 
 
-def decode_audio(path: Path | BinaryIO, sample_rate: int) -> tuple[torch.Tensor, int]:
+def decode_audio(path: Path | BinaryIO, sample_rate: int, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
     """Decodes every channel of `path` -> ((C, S) float32 in [-1, 1], its sample rate).
 
     Raises:
         MediaError: "empty" for a video without an audio track, "undecodable" when neither decoder can read it.
     """
     try:
+        if max_seconds is not None:
+            _refuse_long(soundfile.info(path).duration, max_seconds, path)
+            if hasattr(path, "seek"):
+                path.seek(0)
         samples, file_rate = soundfile.read(path, dtype="float32", always_2d=True)  # (S, C)
         return torch.from_numpy(samples.T.copy()), file_rate
     except soundfile.SoundFileError:
@@ -57,7 +61,15 @@ def decode_audio(path: Path | BinaryIO, sample_rate: int) -> tuple[torch.Tensor,
             if DECORD_NO_AUDIO in str(error):
                 raise MediaError("empty", path, "no audio track") from error
             raise
+        if max_seconds is not None:
+            _refuse_long(reader.duration(), max_seconds, path)
         return torch.from_numpy(reader[:].asnumpy()), sample_rate  # (C, S)
+
+
+def _refuse_long(seconds: float, max_seconds: float, path: Path | BinaryIO) -> None:
+    if seconds > max_seconds:
+        detail = f"{seconds:.0f} s, over processor.max_audio_seconds = {max_seconds:g}"
+        raise MediaError("too_large", path if isinstance(path, Path) else "audio stream", detail)
 
 
 class AudioProcessor:
@@ -83,6 +95,7 @@ class AudioProcessor:
         extra_segment_on_exact_multiple: bool,
         fbank_mean: float,
         fbank_std: float,
+        max_seconds: float | None = None,
     ) -> None:
         if min(sample_rate, num_mel_bins, target_length, num_segments) < 1:
             raise ValueError(
@@ -96,6 +109,7 @@ class AudioProcessor:
         self.extra_segment_on_exact_multiple = extra_segment_on_exact_multiple
         self.fbank_mean = fbank_mean
         self.fbank_std = fbank_std
+        self.max_seconds = max_seconds
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -127,7 +141,7 @@ class AudioProcessor:
     def load_waveform(self, audio: AudioSource) -> torch.Tensor:
         """Decodes channel 0 of `audio` at `sample_rate` -> (1, S), rejecting input that has no fbank frame."""
         path = require_file(audio) if isinstance(audio, str | os.PathLike) else audio
-        waveform, file_rate = decode_audio(path, self.sample_rate)
+        waveform, file_rate = decode_audio(path, self.sample_rate, self.max_seconds)
         if waveform.numel() == 0:
             raise MediaError("empty", path, "no audio samples")
         if not torch.isfinite(waveform).all():
@@ -151,4 +165,5 @@ def build_beats_fbank(cfg: ProcessorConfig) -> AudioProcessor:
         extra_segment_on_exact_multiple=cfg.extra_segment_on_exact_multiple,
         fbank_mean=require_setting(cfg, "fbank_mean"),
         fbank_std=require_setting(cfg, "fbank_std"),
+        max_seconds=cfg.max_audio_seconds,
     )

@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-MediaErrorReason = Literal["missing", "empty", "undecodable", "too_short", "non_finite"]
+MediaErrorReason = Literal["missing", "empty", "undecodable", "too_short", "non_finite", "too_large"]
 """missing: no such file or folder; empty: zero bytes, zero frames or zero samples (also: a video with no audio
 track); undecodable: the decoder rejected the content (random bytes, truncated header, wrong format);
-too_short: decodable but too short for one feature frame; non_finite: NaN or infinite samples."""
+too_short: decodable but too short for one feature frame; non_finite: NaN or infinite samples; too_large: more
+pixels or seconds than the processor's limit, refused before it is decoded."""
 
 MEDIA_ERROR_REASONS: tuple[str, ...] = get_args(MediaErrorReason)
 

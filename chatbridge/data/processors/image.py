@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from chatbridge.config import ProcessorConfig
-from chatbridge.data.processors.errors import decoding, require_file, require_setting
+from chatbridge.data.processors.errors import MediaError, decoding, require_file, require_setting
 from chatbridge.registry import PROCESSORS
 
 ImageSource = str | os.PathLike | BinaryIO | Image.Image
@@ -80,20 +80,38 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
 
 
-def decode_image(source: ImageSource) -> torch.Tensor:
+def decode_image(source: ImageSource, max_pixels: int | None = None) -> torch.Tensor:
     """Decodes an image to (3, H, W) in [0, 1]; grey, palette and RGBA files become RGB.
 
+    Memory is bounded before decoding: an image of more than `max_pixels` is decoded at a reduced size when the
+    format allows it (JPEG's DCT scaling, by a power of two) and refused otherwise. Images within the limit decode
+    exactly as the reference decoded them.
+
     Raises:
-        MediaError: "missing", "empty", or "undecodable" for anything PIL rejects (unknown format, truncated
-            data, decompression bomb, plugin-specific SyntaxError/ValueError).
+        MediaError: "missing", "empty", "too_large", or "undecodable" for anything PIL rejects (unknown format,
+            truncated data, decompression bomb, plugin-specific SyntaxError/ValueError).
     """
     if isinstance(source, Image.Image):
         return pil_to_tensor(source)
     if isinstance(source, str | os.PathLike):
         source = require_file(source)
     with decoding(source), Image.open(source) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            _reduce_or_refuse(image, max_pixels, source)
         image.load()  # PIL decodes lazily; force it so that truncation surfaces here
         return pil_to_tensor(image)
+
+
+def _reduce_or_refuse(image: Image.Image, max_pixels: int, source: ImageSource) -> None:
+    """Ask a JPEG decoder for a size under `max_pixels`; any other oversized image is refused."""
+    if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4 or 1/8 of its size
+        scale = min(8, 2 ** math.ceil(math.log2(math.sqrt(image.width * image.height / max_pixels))))
+        image.draft("RGB", (image.width // scale, image.height // scale))
+        if image.width * image.height <= max_pixels:
+            return
+    raise MediaError(
+        "too_large", source, f"{image.width}x{image.height} pixels, over processor.max_image_pixels = {max_pixels}"
+    )
 
 
 class ImageProcessor:
@@ -105,10 +123,17 @@ class ImageProcessor:
         std: Per-channel normalisation std (3 values).
         antialias: Antialiased resize; False reproduces the reference.
         augment: RandomResizedCrop (area 0.8-1, ratio 1) + horizontal flip before the resize, in training only.
+        max_pixels: Larger images are decoded reduced (JPEG) or refused before decoding (`decode_image`).
     """
 
-    def __init__(
-        self, image_size: int, mean: Sequence[float], std: Sequence[float], antialias: bool, augment: bool
+    def __init__(  # noqa: PLR0913 - the transform's settings, one argument each
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        antialias: bool,
+        augment: bool,
+        max_pixels: int | None = None,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -119,6 +144,7 @@ class ImageProcessor:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.antialias = antialias
         self.augment = augment
+        self.max_pixels = max_pixels
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -129,7 +155,7 @@ class ImageProcessor:
         self, source: ImageSource, train: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """An image -> (3, S, S); in training with `augment`, `generator` drives the crop and is required."""
-        return self.transform([decode_image(source)], train, generator)[0]
+        return self.transform([decode_image(source, self.max_pixels)], train, generator)[0]
 
     def transform(
         self, frames: Sequence[torch.Tensor], train: bool = False, generator: torch.Generator | None = None
@@ -154,4 +180,5 @@ def build_clip_image(cfg: ProcessorConfig) -> ImageProcessor:
         std=require_setting(cfg, "std"),
         antialias=cfg.antialias,
         augment=cfg.augment,
+        max_pixels=cfg.max_image_pixels,
     )

@@ -16,6 +16,7 @@ gives `n` copies of that frame. Keeping `n` fixed keeps batch shapes and the con
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,15 +143,31 @@ class VideoProcessor:
     ) -> list[torch.Tensor]:
         """Chosen frames of a video file, each (3, H, W) in [0, 1]; decord seeks to them instead of decoding all."""
         path = require_file(video) if isinstance(video, str | os.PathLike) else video
-        with decoding(path):
-            # One thread: data-loader workers already run in parallel, decord's auto threading would oversubscribe.
-            reader = decord.VideoReader(str(path) if isinstance(path, Path) else path, num_threads=1)
+        reader = self.open_reader(path)
         if len(reader) == 0:
             raise MediaError("empty", path, "no video frames")
         indices = select_frame_indices(len(reader), self.num_frames, mode, generator)
         with decoding(path):
             pixels = torch.from_numpy(reader.get_batch(indices).asnumpy())  # (n, H, W, 3) uint8
         return list(pixels.permute(0, 3, 1, 2).float().div(255).unbind(0))
+
+    def open_reader(self, path: Path | BinaryIO) -> decord.VideoReader:
+        """A decord reader whose frames fit `max_pixels`: larger videos are decoded scaled down by FFmpeg."""
+        # One thread: data-loader workers already run in parallel, decord's auto threading would oversubscribe.
+        with decoding(path):
+            reader = decord.VideoReader(_uri(path), num_threads=1)
+            limit = self.image_processor.max_pixels
+            if limit is None or len(reader) == 0:
+                return reader
+            height, width = reader[0].shape[:2]
+            if height * width <= limit:
+                return reader
+            scale = math.sqrt(height * width / limit)
+            if hasattr(path, "seek"):
+                path.seek(0)
+            return decord.VideoReader(
+                _uri(path), num_threads=1, width=int(width / scale) // 2 * 2, height=int(height / scale) // 2 * 2
+            )
 
     def read_frames(
         self, frames: Sequence[ImageSource], mode: FrameSampling, generator: torch.Generator | None
@@ -159,8 +176,13 @@ class VideoProcessor:
         if len(frames) == 0:
             raise MediaError("empty", "frames", "no frames")
         indices = select_frame_indices(len(frames), self.num_frames, mode, generator)
-        decoded = {index: decode_image(frames[index]) for index in dict.fromkeys(indices)}
+        limit = self.image_processor.max_pixels
+        decoded = {index: decode_image(frames[index], limit) for index in dict.fromkeys(indices)}
         return [decoded[index] for index in indices]
+
+
+def _uri(path: Path | BinaryIO) -> str | BinaryIO:
+    return str(path) if isinstance(path, Path) else path
 
 
 @PROCESSORS.register("video_frames")

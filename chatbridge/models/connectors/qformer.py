@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from chatbridge.config import ConnectorConfig
+from chatbridge.errors import UserError, load_torch_file
 from chatbridge.registry import CONNECTORS
 
 _QUERY_INIT_STD = 0.02  # BERT initializer_range; LAVIS initialises query_tokens with it.
@@ -105,7 +106,7 @@ def _make_temporal_embeddings(
         return None
     missing = [name for name in query_sets if name not in cfg.temporal_lengths]
     if missing:
-        raise ValueError(f"model.connector.temporal_lengths has no length for query sets {missing}")
+        raise UserError(f"model.connector.temporal_lengths has no length for query sets {missing}")
     return nn.ParameterDict(
         {name: nn.Parameter(torch.zeros(1, cfg.temporal_lengths[name], 1, memory_width)) for name in query_sets}
     )
@@ -118,7 +119,7 @@ def _add_temporal(memory: Tensor, temporal: nn.ParameterDict | None, query_set: 
     table = temporal[query_set]  # (1, max_S, 1, D)
     num_segments = memory.shape[1]
     if num_segments > table.shape[1]:
-        raise ValueError(
+        raise UserError(
             f"{num_segments} {query_set} frames/segments but the temporal embedding covers {table.shape[1]}"
         )
     return memory + table[:, :num_segments]
@@ -142,7 +143,7 @@ def _cross_attend(qformer: Blip2QFormerModel, queries: Tensor, memory: Tensor) -
 
 def _check_query_set(tokens: nn.ParameterDict, query_set: str) -> None:
     if query_set not in tokens:
-        raise ValueError(f"unknown query set {query_set!r}; known: {list(tokens)}")
+        raise UserError(f"unknown query set {query_set!r}; known: {list(tokens)}")
 
 
 class SharedQFormer(nn.Module):
@@ -190,7 +191,7 @@ class PerModalityQFormer(nn.Module):
     ) -> None:
         super().__init__()
         if sorted(qformers) != sorted(query_tokens):
-            raise ValueError(f"need one Q-Former per query set {list(query_tokens)}, got {sorted(qformers)}")
+            raise UserError(f"need one Q-Former per query set {list(query_tokens)}, got {sorted(qformers)}")
         self.qformers = nn.ModuleDict(qformers)
         self.query_tokens = query_tokens
         self.temporal_embeddings = temporal_embeddings
@@ -247,7 +248,7 @@ def _rename_layer_key(name: str, source_core: str, target_core: str, original: s
     """Rename `encoder.layer.N.<block>.<source_core>.*` to `<target_core>`; reject anything but a query block."""
     parts = name.split(".")
     if parts[:2] != ["encoder", "layer"] or len(parts) < 6 or parts[3] not in _QUERY_BLOCKS:
-        raise ValueError(f"unknown Q-Former key {original!r}")
+        raise UserError(f"unknown Q-Former key {original!r}")
     if parts[3] in _ATTENTION_BLOCKS and parts[4] == source_core:
         parts[4] = target_core
     return ".".join(parts)
@@ -255,7 +256,7 @@ def _rename_layer_key(name: str, source_core: str, target_core: str, original: s
 
 def _lavis_key_to_hf(key: str) -> str:
     if not key.startswith(_LAVIS_PREFIX):
-        raise ValueError(f"unknown Q-Former key {key!r}: LAVIS Q-Former keys start with {_LAVIS_PREFIX!r}")
+        raise UserError(f"unknown Q-Former key {key!r}: LAVIS Q-Former keys start with {_LAVIS_PREFIX!r}")
     name = key.removeprefix(_LAVIS_PREFIX)
     if name.startswith("embeddings.LayerNorm."):
         return "layernorm." + name.removeprefix("embeddings.LayerNorm.")
@@ -295,7 +296,7 @@ def lavis_qformer_to_hf(state_dict: dict[str, Tensor], *, drop_text_parts: bool 
             continue
         renamed[_lavis_key_to_hf(key)] = tensor
     if text_keys and not drop_text_parts:
-        raise ValueError(
+        raise UserError(
             f"{len(text_keys)} text-branch Q-Former keys such as {text_keys[:3]}; ChatBridge's Q-Former has no text "
             "branch - pass drop_text_parts=True to drop them (as when loading BLIP-2)"
         )
@@ -321,15 +322,15 @@ def read_blip2_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], d
         ValueError: Naming the file, if it is not `{"model": state_dict}` or lacks the Q-Former, `query_tokens` or
             `ln_vision`.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path, "model.connector.blip2_checkpoint")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise ValueError(f"{os.fspath(path)!r} is not a LAVIS checkpoint: expected a dict with a 'model' state dict")
+        raise UserError(f"{os.fspath(path)!r} is not a LAVIS checkpoint: expected a dict with a 'model' state dict")
     state_dict = checkpoint["model"]
     qformer = {key: tensor for key, tensor in state_dict.items() if key.startswith("Qformer.")}
     required = ("query_tokens", "ln_vision.weight", "ln_vision.bias")
     missing = [key for key in required if key not in state_dict] + ([] if qformer else ["Qformer.bert.*"])
     if missing:
-        raise ValueError(f"{os.fspath(path)!r} is not a BLIP-2 checkpoint: missing {missing}")
+        raise UserError(f"{os.fspath(path)!r} is not a BLIP-2 checkpoint: missing {missing}")
     connector = {f"qformer.{key}": t for key, t in lavis_qformer_to_hf(qformer, drop_text_parts=True).items()}
     connector["query_tokens.image"] = state_dict["query_tokens"]
     ln_vision = {"weight": state_dict["ln_vision.weight"], "bias": state_dict["ln_vision.bias"]}

@@ -1,5 +1,5 @@
 """Frozen encoders; importing this package registers their builders (one line per encoder file)."""
 
-from chatbridge.models.encoders import beats, eva
+from chatbridge.models.encoders import beats, eva, imagebind
 
-__all__ = ["beats", "eva"]
+__all__ = ["beats", "eva", "imagebind"]

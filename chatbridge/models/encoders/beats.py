@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from chatbridge.config import EncoderConfig
+from chatbridge.errors import UserError, load_torch_file
 from chatbridge.models.encoders.beats_network import BEATs
 from chatbridge.models.layers import Fp32LayerNorm
 from chatbridge.registry import ENCODERS
@@ -80,7 +80,7 @@ class BeatsConfig(EncoderConfig):
     def preprocessing(self, modality: str) -> dict[str, Any]:
         """Kaldi fbank segments at the rate, bins and statistics BEATs was trained with."""
         if modality != "audio":
-            raise ValueError(f"beats encodes audio, not {modality!r}")
+            raise UserError(f"beats encodes audio, not {modality!r}")
         return {
             "audio_processor": "beats_fbank",
             "sample_rate": self.sample_rate,
@@ -190,10 +190,10 @@ def build_beats(cfg: BeatsConfig) -> BeatsEncoder:
 
 
 def _read_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path, "model.encoders.<audio>.checkpoint (BEATs)")
     if not isinstance(checkpoint, dict) or not {"cfg", "model"} <= checkpoint.keys():
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{Path(path).name}: not an official BEATs checkpoint (need keys 'cfg' and 'model'): {found}")
+        raise UserError(f"{Path(path).name}: not an official BEATs checkpoint (need keys 'cfg' and 'model'): {found}")
     return checkpoint
 
 
@@ -214,13 +214,13 @@ def beats_kwargs_from_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     known = _CFG_TO_KWARG.keys() | _IGNORED_KEYS | _FIXED_VALUES.keys()
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ValueError(f"unknown BEATs cfg keys {unknown}; known: {sorted(known)}")
+        raise UserError(f"unknown BEATs cfg keys {unknown}; known: {sorted(known)}")
     missing = sorted(_CFG_TO_KWARG.keys() - _TRAINING_DEFAULTS.keys() - cfg.keys())
     if missing:
-        raise ValueError(f"BEATs cfg lacks architecture keys {missing}")
+        raise UserError(f"BEATs cfg lacks architecture keys {missing}")
     unsupported = {key: cfg[key] for key, value in _FIXED_VALUES.items() if cfg.get(key, value) != value}
     if unsupported:
-        raise ValueError(f"unsupported BEATs settings {unsupported}; supported: {_FIXED_VALUES}")
+        raise UserError(f"unsupported BEATs settings {unsupported}; supported: {_FIXED_VALUES}")
     merged = {**_TRAINING_DEFAULTS, **cfg}
     return {kwarg: merged[key] for key, kwarg in _CFG_TO_KWARG.items()}
 
@@ -266,7 +266,7 @@ def _check_architecture(backbone: BEATs, cfg: dict[str, Any], name: str) -> None
         f"{key}: checkpoint {expected[key]!r} vs built {built[key]!r}" for key in built if expected[key] != built[key]
     ]
     if differing:
-        raise ValueError(
+        raise UserError(
             f"{name}: BEATs cfg disagrees with the built encoder ({'; '.join(differing)}); "
             "set the matching model.encoders.<key>.* keys (or build with build_beats_from_checkpoint_cfg)"
         )
@@ -285,13 +285,13 @@ def load_beats_checkpoint(encoder: BeatsEncoder, path: str | os.PathLike) -> Non
     name = Path(path).name
     backbone = encoder.backbone
     if any(parameter.is_meta for parameter in backbone.parameters()):
-        raise ValueError(f"{name}: cannot load into an encoder on the meta device; materialize it first")
+        raise UserError(f"{name}: cannot load into an encoder on the meta device; materialize it first")
     checkpoint = _read_official_checkpoint(path)
     _check_architecture(backbone, checkpoint["cfg"], name)
     state_dict = old_to_new_weight_norm_keys(checkpoint["model"])
     expected = backbone.state_dict().keys()
     missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
     if missing or unexpected:
-        raise ValueError(f"{name}: BEATs state dict mismatch; missing keys {missing}; unexpected keys {unexpected}")
+        raise UserError(f"{name}: BEATs state dict mismatch; missing keys {missing}; unexpected keys {unexpected}")
     # The shared relative-position table is repeated under every layer name; as upstream, the last copy wins.
     backbone.load_state_dict(state_dict, strict=True)

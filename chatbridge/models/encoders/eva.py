@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import Tensor, nn
 
 from chatbridge.config import EncoderConfig
+from chatbridge.errors import UserError, load_torch_file
 from chatbridge.models.layers import Fp32LayerNorm
 from chatbridge.registry import ENCODERS
 
@@ -71,7 +71,7 @@ class EvaViTConfig(EncoderConfig):
         """Square resize to the built resolution, CLIP statistics; frames of a video like images."""
         processor = {"image": ("image_processor", "clip_image"), "video": ("video_processor", "video_frames")}
         if modality not in processor:
-            raise ValueError(f"eva_vit_g encodes images and video frames, not {modality!r}")
+            raise UserError(f"eva_vit_g encodes images and video frames, not {modality!r}")
         key, name = processor[modality]
         return {key: name, "image_size": self.image_size, "mean": self.mean, "std": self.std}
 
@@ -152,8 +152,8 @@ def load_eva_checkpoint(encoder: EvaViT, path: str | os.PathLike) -> None:
     """
     backbone = encoder.backbone
     if any(param.is_meta for param in backbone.parameters()):
-        raise ValueError(f"cannot load {path} into meta tensors; call encoder.to_empty(device=...) first")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        raise UserError(f"cannot load {path} into meta tensors; call encoder.to_empty(device=...) first")
+    state_dict = load_torch_file(path, "model.encoders.<vision>.checkpoint (EVA)")
     if isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]
     state_dict = _drop_blocks_from(state_dict, len(backbone.blocks))
@@ -162,13 +162,11 @@ def load_eva_checkpoint(encoder: EvaViT, path: str | os.PathLike) -> None:
     expected = set(backbone.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
-        raise ValueError(
-            f"EVA checkpoint {path} does not match the encoder: missing {missing}, unexpected {unexpected}"
-        )
+        raise UserError(f"EVA checkpoint {path} does not match the encoder: missing {missing}, unexpected {unexpected}")
     try:
         backbone.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:  # shape mismatches: same keys, different architecture
-        raise ValueError(f"EVA checkpoint {path} does not fit the encoder: {error}") from error
+        raise UserError(f"EVA checkpoint {path} does not fit the encoder: {error}") from error
     # to_empty() leaves non-persistent buffers (the zero k bias) uninitialized and no checkpoint restores them.
     for module in backbone.modules():
         if hasattr(module, "init_non_persistent_buffers"):
@@ -194,7 +192,7 @@ def _resize_pos_embed(pos_embed: Tensor, backbone: Eva, path: str | os.PathLike)
     prefix = backbone.num_prefix_tokens
     old_side = math.isqrt(pos_embed.shape[1] - prefix)
     if old_side * old_side != pos_embed.shape[1] - prefix:
-        raise ValueError(f"pos_embed {tuple(pos_embed.shape)} in {path} is not a CLS row plus a square grid")
+        raise UserError(f"pos_embed {tuple(pos_embed.shape)} in {path} is not a CLS row plus a square grid")
     return resample_abs_pos_embed(
         pos_embed.float(),
         new_size=list(backbone.patch_embed.grid_size),
