@@ -40,6 +40,10 @@ def load_config_or_exit(args: argparse.Namespace, require_paths: bool = True) ->
     except ConfigError as error:
         print(f"error: {args.cfg_path}: {error}", file=sys.stderr)
         sys.exit(2)
+    if config.run.cpu_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.run.cpu_threads)
     return config
 
 

@@ -24,6 +24,7 @@ Modality = Literal["image", "video", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
 Precision = Literal["fp32", "bf16", "fp16"]
 
+
 def split_items(modality: str, block_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     """(items, item shape) of one media block: an image is one item; a video's frames and an audio clip's segments
     (or clips) are its leading dimension. The model and the token arithmetic both use this one rule."""
@@ -383,6 +384,10 @@ class RunConfig:
     """Max gradient norm; None disables clipping (the reference did not clip)."""
     num_workers: int = 0
     """Data-loader workers per process."""
+    cpu_threads: int | None = None
+    """PyTorch's CPU threads in each process of train.py, evaluate.py, chat.py and demo.py; None = its default (one
+    per core). The tiny YAMLs use 1: on a 2-core machine shared with another job, two threads per process made a
+    tiny training step ~50x slower (1.9 s against 0.04 s), as the threads of both jobs wait on each other."""
     log_every: int = 1
     """Steps between log lines."""
     checkpoint_every: int = 0
@@ -411,6 +416,9 @@ class RunConfig:
         at_least(self, "run", 1, "max_steps", "grad_accum_steps", "log_every", "keep_last")
         at_least(self, "run", 0, "init_lr", "min_lr", "warmup_lr", "warmup_steps", "weight_decay")
         at_least(self, "run", 0, "num_workers", "checkpoint_every")
+        require(
+            self.cpu_threads is None or self.cpu_threads >= 1, "run.cpu_threads", "be >= 1 or null", self.cpu_threads
+        )
         require(
             self.warmup_steps <= self.max_steps,
             "run.warmup_steps",

@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="outputs", help="folder for both stages, the evaluation and the report")
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every stage")
     args = parser.parse_args(argv)
+    from chatbridge.cli import setup_logging
+
+    setup_logging()  # the stand-ins' log lines: LM loss, the towers' probe accuracy on held-out media
     try:
         return run_job(Path(args.output), args.seed, args.options)
     except JobError as error:

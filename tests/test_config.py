@@ -249,3 +249,22 @@ def test_a_processor_value_that_contradicts_its_encoder_is_refused(tmp_path):
 def test_soft_tokens_come_from_the_config_alone(tmp_path, connector, modality, shape, tokens):
     run_yaml = write(tmp_path / "run.yaml", TINY_RUN + f"  connector:\n    name: {connector}\n")
     assert load_config(run_yaml, require_paths=False).model.soft_tokens(modality, shape) == tokens
+
+
+def test_cpu_threads_are_set_by_every_entry_point_and_checked(tmp_path):
+    import argparse
+
+    import torch
+
+    from chatbridge.cli import load_config_or_exit
+
+    run_yaml = write(tmp_path / "run.yaml", TINY_RUN)
+    before = torch.get_num_threads()
+    try:
+        args = argparse.Namespace(cfg_path=run_yaml, options=[f"run.cpu_threads={before + 1}"])
+        assert load_config_or_exit(args, require_paths=False).run.cpu_threads == before + 1
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match=r"run.cpu_threads must be >= 1 or null, got 0"):
+        load_config(run_yaml, ["run.cpu_threads=0"], require_paths=False)
