@@ -16,6 +16,7 @@ from chatbridge.data.datasets.base import build_processor
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.data.processors.image import decode_image
 from tests.conftest import REPO, TINY_PRETRAIN
+from tests.tiny_sizes import SMALL
 
 STAGE2 = REPO / "instructiontuning_configs" / "chatbridge_instructtuning.yaml"
 STAGE1 = REPO / "train_configs" / "chatbridge_pretrain.yaml"
@@ -67,6 +68,7 @@ def test_missing_data_and_unwritable_outputs_are_named_before_any_model_is_built
         "--cfg-path",
         str(TINY_PRETRAIN),
         "--options",
+        *SMALL,  # no stand-in towers to pretrain: the inputs must be checked before anything is made
         f"synthetic.world={world}",
         f"model.llm.path={tiny_llm_dir}",
         "synthetic.tiny_llm=null",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from chatbridge.config import TrainConfig
 from chatbridge.errors import UserError, load_torch_file
@@ -188,14 +188,26 @@ def load_training_checkpoint(folder: Path, model: ChatBridgeModel) -> dict[str, 
             f"e.g. {mismatched[:3]}); its config is {folder / CONFIG_FILE}"
         )
     if any(isinstance(p, DTensor) for p in own.values()):  # FSDP-sharded: every rank takes its shard
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+        load_into_shards(own, tensors)
     else:
         model.load_state_dict(tensors, strict=False)
     state = load_torch_file(folder / STATE_FILE, "run.resume")
     restore_rng_state(state.pop("rng"))
     return state
+
+
+def load_into_shards(parameters: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors into (possibly sharded) parameters, each rank cutting its own shard from the full tensor
+    it read: no collective. (`set_model_state_dict(full_state_dict=True)` scatters every tensor from rank 0 over
+    the process group; with gloo on CPU that scatter hung in 1 of 3 two-rank runs.)"""
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            full = tensors[name].to(parameter.dtype)
+            if isinstance(parameter, DTensor):
+                shard = distribute_tensor(full, parameter.device_mesh, parameter.placements, src_data_rank=None)
+                parameter.to_local().copy_(shard.to_local())
+            else:
+                parameter.copy_(full)
 
 
 def capture_rng_state() -> dict[str, Any]:
