@@ -1,6 +1,6 @@
 """One stage-1 epoch with and without the frozen-feature cache (`run.feature_cache`), at bench-small dims.
 
-    python benchmarks/feature_cache_epoch.py [--precision fp32] [--steps 75] [--workdir /tmp/chatbridge_bench]
+    python benchmarks/feature_cache_epoch.py [--precision fp32] [--steps 75] [--workdir DIR]
 
 `train.py`'s own loop (`chatbridge.training.loop.train`) runs the tiny stage-1 config narrowed to the synthetic
 world's image captions (600 images, batch 8: 75 steps are one epoch) and widened to bench-small: EVA 384 wide,
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--steps", type=int, default=75, help="steps of one epoch (600 images / batch 8)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/chatbridge_bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "chatbridge_bench")
     add_machine_arguments(parser)
     args = parser.parse_args()
     use_threads(args.threads)
