@@ -107,6 +107,9 @@ def _train_and_resume(rank: int, world_size: int, port: int, yaml: Path, options
     torch.set_num_threads(1)
     from chatbridge.training.loop import train
 
+    # One process group for both runs: `train` joins it and leaves it to us (creating a second group on the same
+    # port right after destroying the first raced and hung in gloo).
+    torch.distributed.init_process_group("gloo")
     steps = ["run.max_steps=3", "run.checkpoint_every=2", "run.keep_last=3", "run.log_every=1"]
     full = train(load_config(yaml, [*options, *steps, f"run.output_dir={root / 'full'}"]))
     if rank == 0:
@@ -116,10 +119,11 @@ def _train_and_resume(rank: int, world_size: int, port: int, yaml: Path, options
         shutil.copytree(
             full.output_dir / "checkpoints" / "step_0000002", root / "resumed" / "checkpoints" / "step_0000002"
         )
-    torch.distributed.barrier() if torch.distributed.is_initialized() else None
+    torch.distributed.barrier()
     resumed = train(load_config(yaml, [*options, *steps, f"run.output_dir={root / 'resumed'}", "run.resume=auto"]))
     if rank == 0:
         (root / "losses.json").write_text(json.dumps({"full": full.losses, "resumed": resumed.losses}))
+    cleanup_distributed()
 
 
 def test_a_sharded_full_llm_run_checkpoints_and_resumes_exactly(tmp_path, tiny_llm_dir):

@@ -20,32 +20,22 @@ from typing import Any
 
 from chatbridge.config import Modality
 from chatbridge.errors import UserError
-from chatbridge.evaluation.benchmarks import READERS, EvalItem, PathLike
+from chatbridge.evaluation.benchmarks import (  # the field checks every reader shares
+    READERS,
+    EvalItem,
+    PathLike,
+    _ident,
+    _json_list,
+    _records,
+    _text,
+    _texts,
+)
 from chatbridge.evaluation.metrics import exact_match, slot_accuracy
 from chatbridge.evaluation.tasks import Metrics, Record, Task, generate_answers
 from chatbridge.registry import TASKS
 
 MEDIA_KEYS: tuple[tuple[Modality, str], ...] = (("image", "image_id"), ("video", "video_id"), ("audio", "audio"))
 """Media fields of a row, in prompt order: the visual medium first, then the sound."""
-
-
-def _rows(path: PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise UserError(f"{path}: expected a JSON list of objects")
-    return rows
-
-
-def _field(row: dict[str, Any], key: str, where: str) -> Any:
-    if key not in row:
-        raise UserError(f"{where}: missing {key!r}")
-    return row[key]
 
 
 def _media(row: dict[str, Any], where: str) -> tuple[tuple[Modality, str], ...]:
@@ -72,18 +62,17 @@ def world_qa(path: PathLike, manifest: PathLike | None = None) -> list[EvalItem]
     """A held-out QA file (`eval/*_qa.json`); `manifest` (the world's MANIFEST.json) adds chance levels."""
     types = _question_types(manifest, path)
     items = []
-    for index, row in enumerate(_rows(path)):
-        where = f"{path}[{index}]"
-        question_type = str(_field(row, "type", where))
+    for where, row in _records(_json_list(path), str(path)):
+        question_type = _text(row, "type", where)
         declared = types.get(question_type, {})
         if types and not declared:
             raise UserError(f"{where}: type {question_type!r} is not declared in {manifest}")
         items.append(
             EvalItem(
-                item_id=str(_field(row, "question_id", where)),
+                item_id=_ident(row, "question_id", where),
                 media=_media(row, where),
-                question=str(_field(row, "instruction", where)),
-                references=(str(_field(row, "answer", where)),),
+                question=_text(row, "instruction", where),
+                references=(_text(row, "answer", where),),
                 question_type=question_type,
                 chance=declared.get("chance"),
                 slot_chance=declared.get("mean_slot_chance"),
@@ -95,18 +84,14 @@ def world_qa(path: PathLike, manifest: PathLike | None = None) -> list[EvalItem]
 def world_captions(path: PathLike) -> list[EvalItem]:
     """A held-out caption file (`eval/*_cap.json`): the row's instruction, every reference caption."""
     items = []
-    for index, row in enumerate(_rows(path)):
-        where = f"{path}[{index}]"
+    for where, row in _records(_json_list(path), str(path)):
         media = _media(row, where)
-        captions = _field(row, "caption", where)
-        if not isinstance(captions, list) or not captions:
-            raise UserError(f"{where}: 'caption' should be a non-empty list of captions")
         items.append(
             EvalItem(
                 item_id=media[0][1],
                 media=media,
-                question=str(_field(row, "instruction", where)),
-                references=tuple(map(str, captions)),
+                question=_text(row, "instruction", where),
+                references=_texts(row, "caption", where),
             )
         )
     return items

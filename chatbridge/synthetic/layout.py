@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,3 +133,18 @@ def load_manifest(root: Path) -> WorldManifest:
         question_types=data["question_types"],
         attribute_values=data["attribute_values"],
     )
+
+
+@contextmanager
+def file_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created with its folder): serialises checking and generating one
+    output across processes, e.g. every rank of a launch preparing the same world or stand-in."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def sibling_lock(path: Path) -> Path:
+    """The lock file of an output that is a single file or folder: `.<name>.lock` beside it."""
+    return path.parent / f".{path.name}.lock"

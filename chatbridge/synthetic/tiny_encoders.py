@@ -16,7 +16,6 @@ from fixed seeds, so the same settings give the same bytes on any machine.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -24,8 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -52,7 +50,7 @@ from chatbridge.synthetic.encoder_pretraining import (
     vision_objective,
     vision_probe_accuracy,
 )
-from chatbridge.synthetic.layout import ATTRIBUTES_NAME, MANIFEST_NAME
+from chatbridge.synthetic.layout import ATTRIBUTES_NAME, MANIFEST_NAME, file_lock, sibling_lock
 from chatbridge.synthetic.media import AUDIOS_DIR, FRAMES_DIR, IMAGES_DIR, NUM_FRAMES
 
 logger = logging.getLogger(__name__)
@@ -290,7 +288,7 @@ def _up_to_date(path: Path, settings: dict[str, Any]) -> bool:
 def _ensure(tower: _Tower) -> None:
     """Make ``tower``'s file unless it is up to date. The record goes first: after a crash between the two writes,
     the old file no longer matches the new record's sha256, so the next call makes it again."""
-    with _exclusive(tower.path):
+    with file_lock(sibling_lock(tower.path)):
         if _up_to_date(tower.path, tower.settings):
             return
         logger.info("pretraining the tiny %s encoder for %s", tower.key, tower.path)
@@ -312,12 +310,3 @@ def _atomic_write(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Serialise checking and writing ``path`` across processes, with a lock file beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield

@@ -22,7 +22,6 @@ request.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -31,7 +30,6 @@ import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from chatbridge.data.tokenize import split_targets
+from chatbridge.synthetic.layout import file_lock, sibling_lock
 from chatbridge.synthetic.world import MANIFEST_NAME, world_texts
 from chatbridge.training.schedule import learning_rate
 
@@ -214,7 +213,7 @@ def ensure_tiny_llama_folder(
     path = Path(path)
     texts = _corpus_texts(corpus, pretrain_steps)
     wanted = asdict(_settings(vocab_size, hidden_size, num_layers, num_heads, seed, texts, pretrain_steps))
-    with _exclusive(path):
+    with file_lock(sibling_lock(path)):
         if not path.exists():
             logger.info("generating tiny LLaMA folder %s: %s", path, wanted)
             return _publish(path, TinyLlamaSettings(**wanted), texts)
@@ -460,15 +459,6 @@ def _read_settings(path: Path) -> dict:
             "version); it is never deleted automatically: delete it, or set model.llm.path to another folder"
         )
     return json.loads(record.read_text())
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Serialise checking and generating the folder at `path` across processes, with a lock file beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -39,14 +39,11 @@ PyAV is installed, so the bytes never depend on optional packages or encoder ver
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -74,6 +71,7 @@ from chatbridge.synthetic.layout import (
     SCALES,
     WorldManifest,
     WorldSizes,
+    file_lock,
     load_manifest,
 )
 from chatbridge.synthetic.media import IMAGE_SIZE, NUM_FRAMES, SAMPLE_RATE, Geometry, write_media
@@ -161,15 +159,6 @@ def _merge(*tables: dict[str, dict[str, Geometry]]) -> dict[str, dict[str, Geome
     return {kind: {key: value for table in tables for key, value in table[kind].items()} for kind in tables[0]}
 
 
-@contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Serialise generation of one root across processes (e.g. every rank of a launch calling ensure_world)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_NAME, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _stale_reason(root: Path, seed: int, sizes: WorldSizes) -> str:
     """Why the world under ``root`` cannot be reused; empty if it can."""
     path = root / MANIFEST_NAME
@@ -191,7 +180,7 @@ def generate_world(root: Path, seed: int = 0, sizes: WorldSizes = DEFAULT_SIZES)
     last, so an interrupted run leaves no manifest and ``ensure_world`` redoes it.
     """
     root = Path(root)
-    with _exclusive(root):
+    with file_lock(root / LOCK_NAME):
         return _generate(root, seed, sizes)
 
 
@@ -201,7 +190,7 @@ def ensure_world(root: Path, seed: int = 0, sizes: WorldSizes = DEFAULT_SIZES) -
     The check reads only the manifest; a complete world whose files were later edited by hand is not detected.
     """
     root = Path(root)
-    with _exclusive(root):
+    with file_lock(root / LOCK_NAME):
         reason = _stale_reason(root, seed, sizes)
         if not reason:
             return load_manifest(root)

@@ -68,9 +68,28 @@ def restore_optimizer(model: ChatBridgeModel, optimizer: torch.optim.Optimizer, 
     if not any(isinstance(p, DTensor) for p in model.parameters() if p.requires_grad):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    # The saved state is keyed by parameter name; the optimizer's own format by position in its groups. Each
+    # rank cuts its shards from the full tensors (see `load_into_shards`: no collective).
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    positional: dict[int, dict[str, Any]] = {}
+    groups, position = [], 0
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        positions = []
+        for parameter in group["params"]:
+            values = state["state"].get(names[id(parameter)])
+            if values is not None:
+                positional[position] = {key: _shard_like(value, parameter) for key, value in values.items()}
+            positions.append(position)
+            position += 1
+        groups.append({**saved, "params": positions})
+    optimizer.load_state_dict({"state": positional, "param_groups": groups})
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+def _shard_like(value: Any, parameter: torch.Tensor) -> Any:
+    """A full tensor shaped like a sharded `parameter` (AdamW's moments), as this rank's shard of it; else as is."""
+    if isinstance(parameter, DTensor) and isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+        return distribute_tensor(value, parameter.device_mesh, parameter.placements, src_data_rank=None)
+    return value
 
 
 def save_training_checkpoint(folder: Path, tensors: dict[str, Any], config: TrainConfig, state: dict[str, Any]) -> Path:
@@ -198,8 +217,9 @@ def load_training_checkpoint(folder: Path, model: ChatBridgeModel) -> dict[str, 
 
 def load_into_shards(parameters: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
     """Copy full tensors into (possibly sharded) parameters, each rank cutting its own shard from the full tensor
-    it read: no collective. (`set_model_state_dict(full_state_dict=True)` scatters every tensor from rank 0 over
-    the process group; with gloo on CPU that scatter hung in 1 of 3 two-rank runs.)"""
+    it read: no collective. (`set_model_state_dict` / `set_optimizer_state_dict` with `full_state_dict=True`
+    scatter every tensor from rank 0 over the process group; with gloo on CPU those scatters hung in 2 of 5
+    two-rank runs.)"""
     with torch.no_grad():
         for name, parameter in parameters.items():
             full = tensors[name].to(parameter.dtype)

@@ -56,6 +56,7 @@ class TrainResult:
 def train(config: TrainConfig) -> TrainResult:
     """Run one stage as `config` describes it; returns where the outputs are."""
     # 1. Setup: process group, seeds, output folder with the resolved config.
+    caller_group = torch.distributed.is_initialized()  # a process group the caller made is the caller's to end
     context = setup_distributed(config.run.device)
     torch.manual_seed(config.run.seed + context.rank)
     output_dir = Path(config.run.output_dir)
@@ -110,7 +111,8 @@ def train(config: TrainConfig) -> TrainResult:
         ckpt.publish_final(final, final_alias)
         log.close()
         mixture.log_skipped()
-    cleanup_distributed()
+    if not caller_group:
+        cleanup_distributed()
     return TrainResult(output_dir, final_alias, output_dir / "metrics.jsonl", losses, model)
 
 
