@@ -63,10 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bridge's initialisation and data order")
     parser.add_argument("--output", default="outputs", help="folder for both stages, the evaluation and the report")
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every stage")
+    parser.add_argument("--prepare-step", help=argparse.SUPPRESS)  # one stand-in, in a child process of the job
     args = parser.parse_args(argv)
     from chatbridge.cli import setup_logging
 
     setup_logging()  # the stand-ins' log lines: LM loss, the towers' probe accuracy on held-out media
+    if args.prepare_step:
+        _timed_step(args.options, args.prepare_step)
+        return 0
     try:
         return run_job(Path(args.output), args.seed, args.options)
     except JobError as error:
@@ -99,18 +103,43 @@ def stage_options(stage: Stage, output: Path, seed: int, options: Sequence[str])
 
 
 def prepare_stand_ins(options: Sequence[str]) -> dict[str, float]:
-    """The world and the stand-in weights, each step timed (an existing identical copy takes no time)."""
+    """The world, then the stand-in weights side by side, timed (an existing identical copy takes no time).
+
+    Every stand-in learns from the world, so it comes first. The stand-ins are small models that keep one core busy
+    each; made in parallel processes of one thread each, they take as long as the slowest instead of the sum."""
+    names = [name for name, _ in _preparation_steps(options)]
+    timings = {names[0]: _timed_step(options, names[0])}
+    print(f"== {', '.join(names[1:])} (side by side)", flush=True)
+    start = time.perf_counter()
+    extra = ["--options", *options] if options else []
+    children = {
+        name: subprocess.Popen([sys.executable, __file__, "--prepare-step", name, *extra], cwd=REPO)
+        for name in names[1:]
+    }
+    failed = [name for name, child in children.items() if child.wait() != 0]
+    if failed:
+        raise JobError(f"making {', '.join(failed)} failed (its error is above); rerun the job to continue")
+    timings["stand-ins (side by side)"] = time.perf_counter() - start
+    return timings
+
+
+def _preparation_steps(options: Sequence[str]) -> list:
     from chatbridge.config_loading import load_config
     from chatbridge.synthetic import preparation_steps
 
-    config = load_config(REPO / STAGE1_YAML, options, require_paths=False)
-    timings = {}
-    for name, make in preparation_steps(config):
-        print(f"== {name}", flush=True)
-        start = time.perf_counter()
-        make()
-        timings[name] = time.perf_counter() - start
-    return timings
+    return preparation_steps(load_config(REPO / STAGE1_YAML, options, require_paths=False))
+
+
+def _timed_step(options: Sequence[str], name: str) -> float:
+    """Run one preparation step (`--prepare-step`) on one thread; its wall time in seconds."""
+    import torch
+
+    torch.set_num_threads(1)
+    make = dict(_preparation_steps(options))[name]
+    print(f"== {name}", flush=True)
+    start = time.perf_counter()
+    make()
+    return time.perf_counter() - start
 
 
 class JobState:
@@ -190,6 +219,54 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of the job's accuracy targets: a metric of some benchmarks and the value it should reach (percent)."""
+
+    what: str
+    metric: str
+    benchmarks: tuple[str, ...]
+    goal: float
+
+
+TARGETS = (
+    Target("per-modality QA, accuracy", "accuracy", ("image_qa", "video_qa", "audio_qa"), 95.0),
+    Target("captions, exact match", "exact_match", ("image_captions", "video_captions", "audio_captions"), 90.0),
+    Target(
+        "joint QA, slot accuracy averaged over types", "mean_over_types", ("image_audio_qa", "video_audio_qa"), 85.0
+    ),
+)
+UNSEEN_COMBOS = "_unseen_combos"
+"""Suffix of the benchmarks on the held-out attribute combinations (the eval YAML's second split)."""
+
+
+def targets_table(evaluation: Path) -> str:
+    """Each target against the test split's scores, and the same metric on unseen attribute combinations."""
+    lines = ["| target | goal | test split | unseen combinations |", "|---|---|---|---|"]
+    for target in TARGETS:
+        test, unseen = (
+            [_metric(evaluation, f"{name}{suffix}", target.metric) for name in target.benchmarks]
+            for suffix in ("", UNSEEN_COMBOS)
+        )
+        verdict = "met" if min(test) >= target.goal else "missed"
+        test_cell, unseen_cell = f"{_scores(target, test)} ({verdict})", _scores(target, unseen)
+        lines.append(f"| {target.what} | >= {target.goal:.0f} | {test_cell} | {unseen_cell} |")
+    return "\n".join(lines)
+
+
+def _scores(target: Target, scores: list[float]) -> str:
+    """Each benchmark's score after its first word: "image 97.5, video 96.0, audio 95.2"."""
+    return ", ".join(f"{name.split('_')[0]} {score:.1f}" for name, score in zip(target.benchmarks, scores, strict=True))
+
+
+def _metric(evaluation: Path, benchmark: str, metric: str) -> float:
+    path = evaluation / benchmark / "metrics.json"
+    try:
+        return 100 * json.loads(path.read_text())["metrics"][metric]
+    except (OSError, KeyError, ValueError) as error:
+        raise JobError(f"{path}: no metric {metric!r} ({error})") from None
+
+
 def write_report(output: Path, seed: int, timings: dict[str, float]) -> str:
     """`report.md` (results, wall times, the plot, the chat command) and `loss_curves.png`; returns the markdown."""
     from chatbridge.evaluation.plots import plot_losses
@@ -206,7 +283,8 @@ def write_report(output: Path, seed: int, timings: dict[str, float]) -> str:
     times = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in timings.items())
     checkpoint = output / STAGES[1].folder / "final"
     report = (
-        f"# Main job: tiny default, seed {seed}\n\n{results}\n\n![loss curves]({plot.name})\n\n"
+        f"# Main job: tiny default, seed {seed}\n\n{targets_table(output / STAGES[2].folder)}\n\n"
+        f"## All results\n\n{results}\n\n![loss curves]({plot.name})\n\n"
         f"| phase | wall time (s) |\n|---|---|\n{times}\n\n"
         f"Chat with the trained model:\n\n    .venv/bin/python chat.py --cfg-path {EVAL_YAML} "
         f"--options model.checkpoint={checkpoint}\n"

@@ -4,6 +4,7 @@ and a folder made from other inputs is never overwritten."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -89,3 +90,23 @@ def test_failed_stage_names_itself(job, tmp_path):
     output = tmp_path / "out"
     with pytest.raises(job.JobError, match=r"stage 1 failed \(exit 7\)"):
         job.run_stage(stage, output, options(job, stage, output), job.JobState(output / job.STATE_FILE))
+
+
+def test_targets_table_reads_each_split_and_judges_the_test_split(job, tmp_path):
+    scores = {"accuracy": 0.96, "exact_match": 0.9, "mean_over_types": 0.84}
+    for target in job.TARGETS:
+        for name in target.benchmarks:
+            for suffix, scale in (("", 1.0), (job.UNSEEN_COMBOS, 0.5)):
+                folder = tmp_path / f"{name}{suffix}"
+                folder.mkdir()
+                metrics = {target.metric: scores[target.metric] * scale}
+                (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    rows = job.targets_table(tmp_path).splitlines()
+    test, unseen = "image 96.0, video 96.0, audio 96.0 (met)", "image 48.0, video 48.0, audio 48.0"
+    assert rows[2] == f"| per-modality QA, accuracy | >= 95 | {test} | {unseen} |"
+    assert rows[3].startswith("| captions, exact match | >= 90 | image 90.0, video 90.0, audio 90.0 (met) |")
+    assert rows[4].endswith("| image 84.0, video 84.0 (missed) | image 42.0, video 42.0 |")
+
+    (tmp_path / "audio_qa" / "metrics.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(job.JobError, match=r"audio_qa/metrics.json: no metric 'accuracy'"):
+        job.targets_table(tmp_path)

@@ -178,7 +178,9 @@ def test_every_training_row_refers_to_existing_media(default_world: WorldManifes
 def test_every_eval_row_refers_to_existing_media(default_world: WorldManifest) -> None:
     manifest = default_world
     root = manifest.root
-    for name in (name for name in manifest.files if name.startswith("eval/")):
+    names = [name for name in manifest.files if name.startswith(("test/", "eval/"))]
+    assert len(names) == 16  # 8 files per evaluation split
+    for name in names:
         for row in _load(manifest, name):
             if "image_id" in row:
                 assert (root / "images" / row["image_id"]).is_file()

@@ -1,4 +1,4 @@
-"""The synthetic world's held-out question files, their declared types and chance levels, and the LM's joint texts.
+"""The synthetic world's evaluation files (test and held-out splits), their types and chance levels, the LM's texts.
 
 What issue 15's proof reads: per-modality QA and caption files, and JOINT questions (video + audio, image + audio)
 that no training file asks, answered "X, Y" and scored per slot.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chatbridge.data.templates import render_chat_turn
-from chatbridge.synthetic.formats import training_descriptions
+from chatbridge.synthetic.formats import media_descriptions
 from chatbridge.synthetic.world import (
     HELD_OUT_AUDIO,
     HELD_OUT_IMAGE,
@@ -28,12 +28,18 @@ from chatbridge.synthetic.world import (
 
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 TIMBRE_WORDS = {"sine": "pure", "square": "buzzy"}
-JOINT_FILES = {"eval/tia_qa": ("image", "image_id"), "eval/tva_qa": ("video", "video_id")}
-SINGLE_FILES = {"eval/image_qa": "image", "eval/video_qa": "video", "eval/audio_qa": "audio"}
-CAPTION_FILES = {"eval/image_cap": "image", "eval/video_cap": "video", "eval/audio_cap": "audio"}
+FOLDERS = ("test", "eval")
+"""The two evaluation splits' folders: new media of training combinations, and held-out combinations."""
+JOINT_FILES = {
+    f"{f}/{name}": spec
+    for f in FOLDERS
+    for name, spec in {"tia_qa": ("image", "image_id"), "tva_qa": ("video", "video_id")}.items()
+}
+SINGLE_FILES = {f"{f}/{kind}_qa": kind for f in FOLDERS for kind in ("image", "video", "audio")}
+CAPTION_FILES = {f"{f}/{kind}_cap": kind for f in FOLDERS for kind in ("image", "video", "audio")}
 ID_KEYS = {"image": "image_id", "video": "video_id", "audio": "audio"}
-TINY_TEXT_SHA256 = "e25139baa5286a345c36c871d11cd6361fa2e5aeaf92732e947b40f04aa5b179"
-"""sha256 of every JSON file of the tiny world at seed 0 (format version 2)."""
+TINY_TEXT_SHA256 = "a57d93c311bbe00fcedd5dbc17f14fb9dd75a7e69c28cbcb9cd622ef57004194"
+"""sha256 of every JSON file of the tiny world at seed 0 (format version 3)."""
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +128,36 @@ def test_chance_levels_follow_from_the_attribute_values(world: WorldManifest) ->
 
 
 def test_held_out_questions_use_only_combinations_no_training_item_has(world: WorldManifest) -> None:
+    """And the test split asks about new media of training combinations only: the usual test of what was learnt."""
     attributes = _attributes(world)
     train = {
         kind: {_combo(kind, e) for e in table.values() if e["split"] == "train"} for kind, table in attributes.items()
     }
+    seen = {folder: set() for folder in FOLDERS}
     for name in [*JOINT_FILES, *SINGLE_FILES, *CAPTION_FILES]:
+        folder = name.split("/")[0]
         for row in _rows(world, name):
             for kind, key in ID_KEYS.items():
                 if key in row:
                     entry = attributes[kind][row[key]]
-                    assert entry["split"] == "eval" and _combo(kind, entry) in HELD_OUT[kind]
-                    assert _combo(kind, entry) not in train[kind]
+                    assert entry["split"] == folder and row[key].startswith({"test": "ts_", "eval": "ev_"}[folder])
+                    held_out = _combo(kind, entry) in HELD_OUT[kind]
+                    assert held_out == (folder == "eval") and (_combo(kind, entry) in train[kind]) == (not held_out)
+                    seen[folder].add((kind, _combo(kind, entry)))
+    assert seen["test"] == {(kind, combo) for kind, combos in train.items() for combo in combos}  # every one asked
 
 
 def test_single_modality_files_ask_every_attribute_of_a_hundred_items(world: WorldManifest) -> None:
     attributes = _attributes(world)
     expected_types = {
-        "eval/image_qa": ["colour", "shape", "position"],
-        "eval/video_qa": ["start_colour", "shape", "direction", "colour_change", "end_colour"],
-        "eval/audio_qa": ["count", "pitch", "timbre"],
+        "image": ["colour", "shape", "position"],
+        "video": ["start_colour", "shape", "direction", "colour_change", "end_colour"],
+        "audio": ["count", "pitch", "timbre"],
     }
     for name, kind in SINGLE_FILES.items():
         rows = _rows(world, name)
         assert len({row[ID_KEYS[kind]] for row in rows}) >= 100
-        assert set(world.question_types[name]) == set(expected_types[name])
+        assert set(world.question_types[name]) == set(expected_types[kind])
         for row in rows:
             assert row["answer"] == _slot_value(row["type"], attributes[kind][row[ID_KEYS[kind]]])
             assert row["instruction"].endswith(row["question"]) and row["instruction"] != row["question"]
@@ -166,7 +178,7 @@ def test_lm_texts_hold_the_joint_wording_about_training_items_only(world: WorldM
     rows = _rows(world, "lm/joint_qa")
     assert {row["type"] for row in rows} == {t for name in JOINT_FILES for t in world.question_types[name]}
     texts = set(world_texts(world.root))
-    descriptions = training_descriptions(attributes)
+    descriptions = media_descriptions(attributes)
     for row in rows:
         visual = row["modalities"][0]
         visual_entry, audio_entry = attributes[visual][row[ID_KEYS[visual]]], attributes["audio"][row["audio"]]
@@ -190,5 +202,20 @@ def _text_digest(root: Path) -> str:
 def test_text_files_are_pinned_by_the_format_version(tmp_path: Path) -> None:
     """If this digest changes, the world's content changed: bump `layout.FORMAT_VERSION`, then update it here."""
     manifest = generate_world(tmp_path / "tiny", seed=0, sizes=SCALES["tiny"])
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     assert _text_digest(manifest.root) == TINY_TEXT_SHA256
+
+
+def test_media_descriptions_follow_the_split_and_name_every_asked_attribute(world: WorldManifest) -> None:
+    attributes = _attributes(world)
+    for split, prefix in (("train", ""), ("test", "ts_"), ("eval", "ev_")):
+        descriptions = media_descriptions(attributes, split)
+        for kind, table in descriptions.items():
+            assert set(table) == {i for i, entry in attributes[kind].items() if entry["split"] == split}
+            assert all(media_id.startswith(prefix) for media_id in table)
+    video_id, entry = next((i, e) for i, e in attributes["video"].items() if e["split"] == "test")
+    text = media_descriptions(attributes, "test")["video"][video_id]
+    assert text.startswith(f"a {entry['colour']} {entry['shape']} moving {entry['direction']}")
+    assert text.endswith(
+        f"turns {entry['end_colour']}" if entry["end_colour"] != entry["colour"] else "stays " + entry["colour"]
+    )

@@ -18,7 +18,7 @@ from chatbridge.data.templates import render_caption
 from chatbridge.models import llm
 from chatbridge.registry import LLMS
 from chatbridge.synthetic import tiny_llm
-from chatbridge.synthetic.formats import training_descriptions
+from chatbridge.synthetic.formats import media_descriptions
 from chatbridge.synthetic.tiny_llm import ensure_tiny_llama_folder, write_tiny_llama_folder
 from chatbridge.synthetic.world import SCALES, ensure_world, world_texts
 
@@ -101,7 +101,7 @@ def test_world_texts_describe_each_medium_where_its_soft_tokens_go(world, tmp_pa
     assert texts == world_texts(world)  # deterministic
     assert not any("<query>" in text for text in texts)
     attributes = json.loads((world / "annotations" / "attributes.json").read_text())
-    descriptions = training_descriptions(attributes)
+    descriptions = media_descriptions(attributes)
     # Stage 1: "<description>. <caption>" for every caption of a training medium.
     row = json.loads((world / "annotations" / "stage1" / "audio.json").read_text())[0]
     caption = row.get("caption", row.get("desc"))

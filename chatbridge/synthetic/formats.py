@@ -193,12 +193,12 @@ def world_texts(root: Path) -> list[str]:
     so the texts are the same on every call; conversations render whole. Last come the joint questions about
     training items (``lm/joint_qa``), rendered as inference asks them (``render_chat_turn``) and answered "X, Y":
     a real LLM would know how to answer two questions at once, the stand-in knows only what it read. Only training
-    items are described; the held-out ``eval/`` files are never read. Order: files as in ``STAGE1_FILES`` then
-    ``STAGE2_FILES``, then ``lm/joint_qa``, rows in file order.
+    items are described; the evaluation files (``test/``, ``eval/``) are never read. Order: files as in
+    ``STAGE1_FILES`` then ``STAGE2_FILES``, then ``lm/joint_qa``, rows in file order.
     """
     manifest = load_manifest(Path(root))
     templates = load_instruction_templates(manifest.path("task_prompt"))
-    descriptions = training_descriptions(json.loads(manifest.path("attributes").read_text()))
+    descriptions = media_descriptions(json.loads(manifest.path("attributes").read_text()))
     texts = []
     for key, _, datatype in STAGE1_FILES:
         for row in _rows(manifest, key):
@@ -215,15 +215,17 @@ def world_texts(root: Path) -> list[str]:
     return texts
 
 
-def training_descriptions(attributes: dict[str, dict[str, dict]]) -> dict[str, dict[str, str]]:
-    """Kind -> training medium id -> its description, from the world's attribute table (``attributes_table``)."""
+def media_descriptions(attributes: dict[str, dict[str, dict]], split: str = "train") -> dict[str, dict[str, str]]:
+    """Kind -> medium id -> its description, for the media of ``split`` in the world's attribute table
+    (``attributes_table``): the LM's corpus describes training media; evaluation media are described only to measure
+    how well the stand-in reads (``benchmarks/stand_in_reading.py``)."""
     kinds = {"image": ImageItem, "video": VideoItem, "audio": AudioItem}
     table: dict[str, dict[str, str]] = {}
     for kind, items in attributes.items():
         table[kind] = {
             media_id: describe(kinds[kind](id=media_id, **{k: v for k, v in row.items() if k in _FIELDS[kind]}))
             for media_id, row in items.items()
-            if row["split"] == "train"
+            if row["split"] == split
         }
     return table
 

@@ -229,13 +229,15 @@ def _common_settings(schedule: Schedule, seed: int, corpus_sha256: str) -> dict[
 
 
 def _corpus_sha256(world: Path, kinds: tuple[str, ...]) -> str:
-    """sha256 of ``attributes.json`` and every TRAINING media file of ``kinds`` (what a tower learns from)."""
-    digest = hashlib.sha256((world / ATTRIBUTES_NAME).read_bytes())
+    """sha256 of the attributes and media files of every TRAINING item of ``kinds`` (what a tower learns from), so
+    that evaluation items added to a world leave the towers valid."""
+    digest = hashlib.sha256()
     table = json.loads((world / ATTRIBUTES_NAME).read_text())
     for kind in kinds:
         for media_id, entry in table[kind].items():
             if entry["split"] != "train":
                 continue
+            digest.update(json.dumps([kind, media_id, entry], sort_keys=True).encode())
             for path in _media_files(world, kind, media_id):
                 digest.update(path.relative_to(world).as_posix().encode())
                 digest.update(path.read_bytes())

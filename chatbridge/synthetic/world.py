@@ -18,7 +18,9 @@ at the root, and their relative paths are resolved against the folder that holds
                                             ``audios/<video_id>.wav``
     annotations/stage1/{image,video,audio}.json   VALOR ``pretrain_txt_mapper.json`` format (§4.3)
     annotations/stage2/<name>.json                MULTIS format, one file per task (§4.4, ``STAGE2_FILES``)
-    annotations/eval/<name>.json                  held-out split (``questions``); no data-opts JSON refers to it
+    annotations/test/<name>.json                  test split: new media of training combinations (``questions``)
+    annotations/eval/<name>.json                  held-out split: new combinations (``questions``); no data-opts
+                                                  JSON refers to either split
     annotations/lm/joint_qa.json                  joint questions about training items, text only, for the stand-in
                                                   LM's corpus (``world_texts``); no data-opts JSON refers to it
     annotations/attributes.json                   ground-truth attributes, split and rendered geometry of every item
@@ -26,10 +28,12 @@ at the root, and their relative paths are resolved against the folder that holds
     opts_stage1.json, opts_stage2.json            VALOR-style data-opts (docs/reference/chatbridge.md §4.1)
     MANIFEST.json                                 written last: its presence marks a complete world
 
-Held-out split: evaluation media have their own ids (prefix ``ev_``) and are drawn only from attribute
-combinations that no training item has (``items.HELD_OUT_*``). Every evaluation video has background audio. The
-held-out files, their question types and chance levels are described in ``questions``; the manifest declares them.
-No training file of the default world pairs two media: joint answers must come from separate alignment.
+Two evaluation splits, of the same sizes, with their own media ids: the test split (prefix ``ts_``) draws new
+media from the attribute combinations training has, the usual test of what was learnt; the held-out split (prefix
+``ev_``) draws them only from combinations that no training item has (``items.HELD_OUT_*``), a test of composition.
+Every evaluation video has background audio. Both splits' files, question types and chance levels are described
+in ``questions``; the manifest declares them. No training file of the default world pairs two media: joint answers
+in either split must come from separate alignment.
 
 Determinism: all randomness comes from ``numpy.random.default_rng(seed)`` (split into the ``RNG_STREAMS``, so e.g.
 resizing the training split leaves the held-out split unchanged), files are written in a fixed order with no
@@ -104,12 +108,16 @@ logger = logging.getLogger(__name__)
 
 # One random stream per part, so e.g. changing the training sizes leaves the held-out split unchanged.
 # Appending a stream leaves the earlier ones unchanged (numpy spawns children by index).
-RNG_STREAMS = ("train", "eval", "train_media", "eval_media", "stage1", "stage2", "eval_text", "lm_text")
+RNG_STREAMS = (
+    *("train", "eval", "train_media", "eval_media", "stage1", "stage2", "eval_text", "lm_text"),
+    *("test", "test_media", "test_text"),
+)
 
 
-def _media_counts(train: Split, evaluation: Split) -> dict[str, int]:
+def _media_counts(splits: dict[str, Split]) -> dict[str, int]:
     counts = {}
-    for prefix, split in (("", train), ("eval_", evaluation)):
+    for name, split in splits.items():
+        prefix = "" if name == "train" else f"{name}_"
         counts[f"{prefix}images"] = len(split.images)
         counts[f"{prefix}videos"] = len(split.videos)
         counts[f"{prefix}audios"] = len(split.audios)
@@ -136,15 +144,18 @@ def _generate(root: Path, seed: int, sizes: WorldSizes) -> WorldManifest:
     train = sample_split(rngs["train"], train_counts, "", held_out=False)
     eval_counts = (sizes.eval_images, sizes.eval_videos, sizes.eval_videos, sizes.eval_audios)
     evaluation = sample_split(rngs["eval"], eval_counts, "ev_", held_out=True)
-    geometry = _merge(write_media(root, train, rngs["train_media"]), write_media(root, evaluation, rngs["eval_media"]))
+    test = sample_split(rngs["test"], eval_counts, "ts_", held_out=False)
+    splits = {"train": train, "eval": evaluation, "test": test}
+    geometry = _merge(*(write_media(root, split, rngs[f"{name}_media"]) for name, split in splits.items()))
     annotations = {
         **stage1_annotations(rngs["stage1"], train),
         **stage2_annotations(rngs["stage2"], train),
-        **eval_annotations(rngs["eval_text"], evaluation, sizes.eval_questions_per_item),
+        **eval_annotations(rngs["eval_text"], evaluation, sizes.eval_questions_per_item, "eval"),
+        **eval_annotations(rngs["test_text"], test, sizes.eval_questions_per_item, "test"),
         LM_JOINT_KEY: lm_joint_rows(rngs["lm_text"], train),
     }
-    files = write_text(root, annotations, attributes_table({"train": train, "eval": evaluation}, geometry))
-    counts = {**_media_counts(train, evaluation), **{key: len(rows) for key, rows in annotations.items()}}
+    files = write_text(root, annotations, attributes_table(splits, geometry))
+    counts = {**_media_counts(splits), **{key: len(rows) for key, rows in annotations.items()}}
     types = question_types(annotations)
     manifest = WorldManifest(root, seed, sizes, FORMAT_VERSION, files, counts, types, attribute_values())
     write_json(root / MANIFEST_TMP_NAME, manifest.to_json())
