@@ -28,19 +28,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from chatbridge.data.templates import render_chat_turn  # noqa: E402
 from chatbridge.evaluation.metrics import exact_match, slot_accuracy  # noqa: E402
-from chatbridge.synthetic.formats import media_descriptions  # noqa: E402
+from chatbridge.synthetic.formats import fill_slots, media_descriptions  # noqa: E402
+from chatbridge.synthetic.questions import MEDIA_ID_KEYS  # noqa: E402
 
 QA_FILES = {"image_qa": ["image"], "video_qa": ["video"], "audio_qa": ["audio"]}
 JOINT_FILES = {"tia_qa": ["image", "audio"], "tva_qa": ["video", "audio"]}
-ID_KEYS = {"image": "image_id", "video": "video_id", "audio": "audio"}
 
 
 def prompt(row: dict, modalities: list[str], descriptions: dict[str, dict[str, str]]) -> str:
     """The inference prompt of one question, each medium's `<query>` slot filled with its description."""
     text = render_chat_turn(modalities, row.get("instruction") or row["question"], first=True)
-    for kind in modalities:
-        text = text.replace("<query>", descriptions[kind][row[ID_KEYS[kind]]], 1)
-    return text
+    return fill_slots(text, modalities, [row[MEDIA_ID_KEYS[kind]] for kind in modalities], descriptions)
 
 
 @torch.inference_mode()

@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()  # the stand-ins' log lines: LM loss, the towers' probe accuracy on held-out media
     if args.prepare_step:
-        _timed_step(args.options, args.prepare_step)
+        _timed_step(args.prepare_step, dict(_preparation_steps(args.options))[args.prepare_step])
         return 0
     try:
         return run_job(Path(args.output), args.seed, args.options)
@@ -107,14 +107,14 @@ def prepare_stand_ins(options: Sequence[str]) -> dict[str, float]:
 
     Every stand-in learns from the world, so it comes first. The stand-ins are small models that keep one core busy
     each; made in parallel processes of one thread each, they take as long as the slowest instead of the sum."""
-    names = [name for name, _ in _preparation_steps(options)]
-    timings = {names[0]: _timed_step(options, names[0])}
-    print(f"== {', '.join(names[1:])} (side by side)", flush=True)
+    (world, make_world), *stand_ins = _preparation_steps(options)
+    timings = {world: _timed_step(world, make_world)}
+    names = [name for name, _ in stand_ins]
+    print(f"== {', '.join(names)} (side by side)", flush=True)
     start = time.perf_counter()
     extra = ["--options", *options] if options else []
     children = {
-        name: subprocess.Popen([sys.executable, __file__, "--prepare-step", name, *extra], cwd=REPO)
-        for name in names[1:]
+        name: subprocess.Popen([sys.executable, __file__, "--prepare-step", name, *extra], cwd=REPO) for name in names
     }
     failed = [name for name, child in children.items() if child.wait() != 0]
     if failed:
@@ -130,12 +130,11 @@ def _preparation_steps(options: Sequence[str]) -> list:
     return preparation_steps(load_config(REPO / STAGE1_YAML, options, require_paths=False))
 
 
-def _timed_step(options: Sequence[str], name: str) -> float:
-    """Run one preparation step (`--prepare-step`) on one thread; its wall time in seconds."""
+def _timed_step(name: str, make: Callable[[], None]) -> float:
+    """Run one preparation step on one thread; its wall time in seconds."""
     import torch
 
     torch.set_num_threads(1)
-    make = dict(_preparation_steps(options))[name]
     print(f"== {name}", flush=True)
     start = time.perf_counter()
     make()

@@ -211,7 +211,7 @@ def world_texts(root: Path) -> list[str]:
     for row in _rows(manifest, LM_JOINT_KEY):
         prompt = render_chat_turn(row["modalities"], row["question"], first=True)
         ids = [row["image_id" if "image_id" in row else "video_id"], row["audio"]]
-        texts.append(_fill_slots(f"{prompt}{row['answer']}\n###", row["modalities"], ids, descriptions))
+        texts.append(fill_slots(f"{prompt}{row['answer']}\n###", row["modalities"], ids, descriptions))
     return texts
 
 
@@ -236,7 +236,7 @@ _FIELDS = {
 }
 
 
-def _fill_slots(text: str, modalities: Sequence[str], ids: Sequence[str], descriptions: dict) -> str:
+def fill_slots(text: str, modalities: Sequence[str], ids: Sequence[str], descriptions: dict) -> str:
     """Each ``<query>`` slot of ``text`` (one per medium, in order) replaced by that medium's description."""
     for modality, media_id in zip(modalities, ids, strict=True):
         text = text.replace(QUERY_PLACEHOLDER, descriptions[modality][media_id], 1)
@@ -272,5 +272,5 @@ def _stage2_texts(  # noqa: PLR0913 - one file, how it is read, and what fills i
                 for question, out in zip(questions, fields["outputs"], strict=True)
             ]
         ids = [row_media_id(row)] * len(modalities)
-        texts += [_fill_slots(text, modalities, ids, descriptions) for text in rendered]
+        texts += [fill_slots(text, modalities, ids, descriptions) for text in rendered]
     return texts

@@ -68,7 +68,8 @@ JOINT_TEXTS_PER_ITEM = 4
 """Joint questions per training image and per training video in the stand-in LM's text file. With 2, the stand-in
 answered joint questions about media described in words 85-100 % right per type; with 4, 100 %."""
 _FACTS: dict[str, Callable[..., list[Fact]]] = {"image": image_facts, "video": video_facts, "audio": audio_facts}
-_ID_KEYS = {"image": "image_id", "video": "video_id", "audio": "audio"}
+MEDIA_ID_KEYS = {"image": "image_id", "video": "video_id", "audio": "audio"}
+"""The key that names each kind of medium in a question row."""
 _PROMPT_CODES = {"image": "ti", "video": "tv", "audio": "ta"}
 
 
@@ -154,7 +155,7 @@ def _joint_rows(rng: np.random.Generator, kind: str, pairs: Sequence[tuple], per
         else:
             question, slot_answers = _open_question(kind, visual, audio, question_type)
             slots = question_type.split("+")
-        ids = {"question_id": f"{id_stem(visual.id)}_q{index % per_item}", _ID_KEYS[kind]: visual.id}
+        ids = {"question_id": f"{id_stem(visual.id)}_q{index % per_item}", MEDIA_ID_KEYS[kind]: visual.id}
         rows.append(
             {
                 **ids,
@@ -184,7 +185,7 @@ def _qa_rows(rng: np.random.Generator, kind: str, items: Sequence) -> list[dict]
     rows = []
     for item in items:
         for fact in _FACTS[kind](item):
-            ids = {"question_id": f"{id_stem(item.id)}_{fact.attribute}", _ID_KEYS[kind]: item.id}
+            ids = {"question_id": f"{id_stem(item.id)}_{fact.attribute}", MEDIA_ID_KEYS[kind]: item.id}
             instruction = pick(rng, templates).replace("<QUESTION>", fact.question)
             rows.append(
                 {
@@ -202,7 +203,8 @@ def _caption_rows(rng: np.random.Generator, kind: str, items: Sequence, captions
     """Every reference caption of every item (COCO / Clotho style lists), asked with a stage-2 ``cap`` template."""
     templates = TASK_PROMPTS[f"{_PROMPT_CODES[kind]}-cap"]
     return [
-        {_ID_KEYS[kind]: item.id, "instruction": pick(rng, templates), "caption": captions_of(item)} for item in items
+        {MEDIA_ID_KEYS[kind]: item.id, "instruction": pick(rng, templates), "caption": captions_of(item)}
+        for item in items
     ]
 
 
