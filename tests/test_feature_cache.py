@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,19 +22,24 @@ from tests.tiny_sizes import SMALL
 REPO = Path(__file__).resolve().parents[1]
 
 
+SETTING_OPTIONS = [
+    *SMALL,  # random towers: another init_seed gives other tower weights
+    "datasets.video_captions.processor.frame_sampling=segment_middle",
+    "datasets.image_captions.batch_size=4",
+    "datasets.video_captions.batch_size=4",
+    "datasets.audio_captions.batch_size=4",
+]
+
+
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     ensure_world(root / "world", seed=0, sizes=SCALES["tiny"])
     write_tiny_llama_folder(root / "llm")
     options = [
-        *SMALL,  # random towers: another init_seed gives other tower weights
+        *SETTING_OPTIONS,
         f"synthetic.world={root / 'world'}",
         f"model.llm.path={root / 'llm'}",
-        "datasets.video_captions.processor.frame_sampling=segment_middle",
-        "datasets.image_captions.batch_size=4",
-        "datasets.video_captions.batch_size=4",
-        "datasets.audio_captions.batch_size=4",
         f"run.feature_cache={root / 'features'}",
     ]
     config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", options)
@@ -74,6 +80,25 @@ def test_other_tower_weights_never_read_the_cache(setting):
     other = build_model_for_training(dataclasses.replace(config.model, init_seed=1))
     cached_modalities, _ = first_batches(config, other, tokenizer, count=1, fill=False)
     assert cached_modalities == {"image_captions": [], "video_captions": [], "audio_captions": []}
+
+
+def test_a_moved_media_folder_is_not_taken_for_cached(setting, tmp_path):
+    """Entries are keyed by media path: a world at another path (another checkout sharing `.cache/features`) must
+    not count as cached under its old paths (training once failed with every video "missing"); it is filled anew."""
+    config, model, tokenizer = setting
+    first_batches(config, model, tokenizer, count=1)  # filled for the world where it is
+    moved = tmp_path / "world"
+    shutil.copytree(config.synthetic.world, moved)
+    options = [
+        f"synthetic.world={moved}",
+        f"model.llm.path={config.model.llm.path}",
+        f"run.feature_cache={config.run.feature_cache}",
+    ]
+    moved_config = load_config(REPO / "train_configs" / "chatbridge_tiny_pretrain.yaml", [*SETTING_OPTIONS, *options])
+    not_filled, _ = first_batches(moved_config, model, tokenizer, count=1, fill=False)
+    assert not_filled == {"image_captions": [], "video_captions": [], "audio_captions": []}
+    filled, batches = first_batches(moved_config, model, tokenizer, count=6)
+    assert filled["video_captions"] == ["video"] and {name for name, _ in batches} >= {"video_captions"}
 
 
 def test_an_entry_written_under_another_key_is_refused(tmp_path):

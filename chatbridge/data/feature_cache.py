@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -90,13 +91,20 @@ class FeatureCache:
             raise StaleCacheError(f"{target} was written for {header.get('__metadata__')}, not {self._key(media_path)}")
         return load_file(target)["features"]
 
-    def is_complete_for(self, dataset: str, count: int) -> bool:
-        """Whether `fill` finished for `dataset` with `count` rows under this key."""
+    def is_complete_for(self, dataset: str, media: str) -> bool:
+        """Whether `fill` finished for `dataset` reading these `media` (a `media_set_key`) under this key."""
         marker = self.folder / COMPLETE_FILE
         done = json.loads(marker.read_text()) if marker.is_file() else {}
-        return done.get(dataset) == count
+        return done.get(dataset) == media
 
-    def mark_complete(self, dataset: str, count: int) -> None:
+    def mark_complete(self, dataset: str, media: str) -> None:
         marker = self.folder / COMPLETE_FILE
         done = json.loads(marker.read_text()) if marker.is_file() else {}
-        marker.write_text(json.dumps(done | {dataset: count}, indent=1, sort_keys=True))
+        marker.write_text(json.dumps(done | {dataset: media}, indent=1, sort_keys=True))
+
+
+def media_set_key(root: Path, media_ids: Iterable[str]) -> str:
+    """sha256 of a dataset's media folder and ids: entries are keyed by media path, so a dataset whose folder moved
+    (another checkout sharing the cache, a renamed data set) must not count as cached under its old paths."""
+    content = [str(root), sorted(set(media_ids))]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()

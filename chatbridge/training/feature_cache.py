@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from chatbridge.config import DatasetConfig
 from chatbridge.data.datasets.base import MediaLoader, resolve_media
-from chatbridge.data.feature_cache import FeatureCache, preprocessing_fingerprint
+from chatbridge.data.feature_cache import FeatureCache, media_set_key, preprocessing_fingerprint
 from chatbridge.data.processors.errors import MediaError
 from chatbridge.models.chatbridge import ChatBridgeModel
 
@@ -80,9 +80,9 @@ def _dataset_caches(  # noqa: PLR0913 - what one dataset's caches need
             logger.info("feature cache: %s/%s not cached (preprocessing is random or not cacheable)", name, modality)
             continue
         cache = FeatureCache(root, modality, fingerprint(modality), preprocessing)
-        if fill_missing and not cache.is_complete_for(name, len(source.rows)):
+        if fill_missing and not cache.is_complete_for(name, _media_set_key(source, modality)):
             logger.info("feature cache: %s/%s: wrote %d entries", name, modality, fill(cache, name, source, model))
-        if cache.is_complete_for(name, len(source.rows)):
+        if cache.is_complete_for(name, _media_set_key(source, modality)):
             caches[modality] = cache
     return caches
 
@@ -103,8 +103,12 @@ def fill(cache: FeatureCache, name: str, source: Any, model: ChatBridgeModel, ba
             except MediaError:
                 continue
         written += _encode_and_write(cache, model, blocks)
-    cache.mark_complete(name, len(source.rows))
+    cache.mark_complete(name, _media_set_key(source, modality))
     return written
+
+
+def _media_set_key(source: Any, modality: str) -> str:
+    return media_set_key(source.media.roots[modality], (row.media_id for row in source.rows))
 
 
 def _missing_paths(cache: FeatureCache, modality: str, root: Path, media_ids: list[str]) -> list[Path]:
