@@ -457,8 +457,9 @@ class TinyEncodersConfig:
     """AdamW steps of the tiny EVA on the world's training images and video frames."""
     vision_batch_size: int = 64
     """Images or frames per vision step."""
-    audio_steps: int = 600
-    """AdamW steps of the tiny BEATs on the world's training fbank segments."""
+    audio_steps: int = 2000
+    """AdamW steps of the tiny BEATs on the world's training fbank segments (its per-token segment count needs more
+    than 600; about 60 s on one core, beside the tiny LLM's few minutes)."""
     audio_batch_size: int = 32
     """Segments per audio step."""
     learning_rate: float = 1e-3

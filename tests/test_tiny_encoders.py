@@ -173,3 +173,4 @@ def test_recommended_towers_see_what_the_questions_ask(tmp_path: Path) -> None:
     assert vision["image"]["colour"] > 0.98 and vision["image"]["shape"] > 0.9 and vision["image"]["position"] > 0.9
     assert vision["video"]["colour"] > 0.98 and vision["video"]["shape"] > 0.9 and vision["video"]["direction"] > 0.9
     assert audio["pitch"] > 0.98 and audio["timbre"] > 0.9 and audio["clip_count"] > 0.9
+    assert audio["segment_count_per_token"] > 0.95

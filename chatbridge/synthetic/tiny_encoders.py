@@ -55,7 +55,7 @@ from chatbridge.synthetic.media import AUDIOS_DIR, FRAMES_DIR, IMAGES_DIR, NUM_F
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when pretraining changes in a way the recorded settings do not capture, so old files are regenerated."""
 RECORD_SUFFIX = ".json"
 
