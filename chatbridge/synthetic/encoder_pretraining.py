@@ -135,7 +135,7 @@ def audio_batch(
     return fbank, tuple(torch.stack(parts) for parts in zip(*targets, strict=True))
 
 
-def audio_loss(outputs: tuple[Tensor, Tensor], targets: tuple[Tensor, Tensor]) -> Tensor:
+def audio_loss(outputs: tuple[Tensor, Tensor, Tensor], targets: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """Onset and sound cross-entropies over every time step, plus the segment-count cross-entropy over every token."""
     (onset_logits, sound_logits, count_logits), (onsets, sounds, counts) = outputs, targets
     counts = counts[:, None].expand(count_logits.shape[:2])  # every token of a segment has its segment's count
