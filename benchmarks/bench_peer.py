@@ -45,9 +45,16 @@ def build_peer(preset: Preset, precision: str, best: bool):
     )
     config._attn_implementation = "eager" if best else "sdpa"
     torch.manual_seed(0)
-    # Best: built in the step's precision (transformers keeps the Q-Former and the queries in fp32 by itself), as
-    # `from_pretrained(dtype=...)` loads it; the trained projection gets fp32 master weights like ours.
+    # Best: built in the step's precision as `from_pretrained(dtype=...)` loads it, which keeps the modules the
+    # class lists in `_keep_in_fp32_modules` (the Q-Former and the queries) in fp32; `_from_config` does not, so
+    # that is done here. The trained projection gets fp32 master weights like ours.
     model = Blip2ForConditionalGeneration._from_config(config, dtype=DTYPES[precision] if best else torch.float32)
+    for name in model._keep_in_fp32_modules or ():
+        part = getattr(model, name)
+        if isinstance(part, torch.nn.Parameter):
+            part.data = part.data.float()
+        else:
+            part.float()
     model.language_projection.float()
     model.requires_grad_(False)
     for part in (model.qformer, model.language_projection):
