@@ -258,6 +258,7 @@ OUR_VARIANTS = {  # name -> (modalities, stage-2 prompt, run.compile, model.atte
     "ours-compiled": (("image",), False, True, "auto"),
     "ours-sdpa": (("image",), False, False, "sdpa"),
     "ours-cached": (("image",), False, False, "auto"),  # the image features read from the feature cache
+    "ours-checkpointed": (("image",), False, False, "auto"),  # run.activation_checkpointing
     "ours-video": (("video",), False, False, "auto"),
     "ours-video-compiled": (("video",), False, True, "auto"),
     "ours-stage2": (("video", "audio"), True, False, "auto"),
@@ -275,6 +276,10 @@ def make_step(variant: str, preset: Preset, precision: str) -> Callable[[], None
         return peer_step(build_peer(preset, precision, best), peer_batch(preset, best), precision)
     modalities, stage2, compiled, attention = OUR_VARIANTS[variant]
     model = build_ours(preset, precision, compile_blocks=compiled, attention=attention)
+    if variant == "ours-checkpointed":
+        from chatbridge.models.setup import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     text_before = preset.prompt if stage2 else 0
     batch = our_batch(preset, our_media(preset, modalities), text_before)
     if variant == "ours-cached":  # what `run.feature_cache` hands the model: the frozen tower's outputs

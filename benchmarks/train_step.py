@@ -22,7 +22,7 @@ from bench_common import PRESETS, add_machine_arguments, alternate, footer, make
 from bench_memory import measure_memory_in_child, memory_child
 
 VARIANTS = ("ours", "peer-default", "peer-best")
-EXTRA = ("ours-compiled", "ours-sdpa")
+EXTRA = ("ours-compiled", "ours-sdpa", "ours-checkpointed")
 """Also selectable with `--variants`: ours with `run.compile` (each transformer block compiled; the first steps
 compile) and ours with SDPA attention instead of `model.attention=auto` (eager on CPU)."""
 

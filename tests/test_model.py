@@ -357,17 +357,27 @@ def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model)
 
     batch = make_batch(tiny_model, [sample_with(["video", "audio"], 0), sample_with(["image"], 1)])
 
+    kept = []  # elements of the tensors each forward keeps for the backward pass (outside checkpointed layers)
+
     def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tiny_model.zero_grad(set_to_none=True)
-        loss = tiny_model(batch).loss
+        kept.append(0)
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            kept[-1] += tensor.numel()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = tiny_model(batch).loss
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
 
     tiny_model.train()
     plain_loss, plain_grads = loss_and_grads()
     assert enable_activation_checkpointing(tiny_model) == ["connector.qformer", "llm"]
-    assert tiny_model.llm.is_activation_checkpointing
+    assert not tiny_model.llm.training  # frozen: stays in eval mode (no dropout), and is checkpointed all the same
     loss, grads = loss_and_grads()
+    assert kept[1] < 0.5 * kept[0]
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
     assert grads.keys() == plain_grads.keys()
     for name in grads:

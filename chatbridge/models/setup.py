@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from timm.models.eva import EvaBlock
 from torch import nn
 from transformers import PreTrainedModel
@@ -108,9 +112,29 @@ def enable_activation_checkpointing(model: ChatBridgeModel) -> list[str]:
     """
     parts = {"llm": model.llm}
     parts |= {f"connector.{name}": m for name, m in model.connector.named_modules() if isinstance(m, PreTrainedModel)}
-    for part in parts.values():
-        if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+    for name, part in parts.items():
+        if name in model.frozen:
+            _checkpoint_layers_in_eval_mode(part)
+        elif hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x's name
             part.activation_checkpointing_enable({"use_reentrant": False})
         else:
             part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return sorted(parts)
+
+
+def _checkpoint_layers_in_eval_mode(part: nn.Module) -> None:
+    """Recompute each transformer layer of a frozen part in the backward pass.
+
+    transformers checkpoints a layer only while it is in training mode, and frozen parts stay in eval mode (no
+    dropout), so its own switch would recompute nothing there; torch's checkpoint around each layer's forward does,
+    whenever gradients are being recorded.
+    """
+    for layer in part.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.forward = functools.partial(_checkpointed, layer.forward)
+
+
+def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
