@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from chatbridge.data.templates import render_chat_turn  # noqa: E402
 from chatbridge.evaluation.metrics import exact_match, slot_accuracy  # noqa: E402
 from chatbridge.synthetic.formats import fill_slots, media_descriptions  # noqa: E402
+from chatbridge.synthetic.layout import load_manifest  # noqa: E402
 from chatbridge.synthetic.questions import MEDIA_ID_KEYS  # noqa: E402
 
 QA_FILES = {"image_qa": ["image"], "video_qa": ["video"], "audio_qa": ["audio"]}
@@ -58,13 +59,14 @@ def main() -> None:
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     model = AutoModelForCausalLM.from_pretrained(args.llm).eval()
-    attributes = json.loads((args.world / "annotations" / "attributes.json").read_text())
+    manifest = load_manifest(args.world)
+    attributes = json.loads(manifest.path("attributes").read_text())
     descriptions = media_descriptions(attributes, args.split)
     print(f"stand-in {args.llm}, {args.split} split of {args.world}, up to {args.per_type} questions per type\n")
     print("| file | type | questions | exact match | slot accuracy |\n|---|---|---|---|---|")
     for name, modalities in {**QA_FILES, **JOINT_FILES}.items():
         by_type: dict[str, list[dict]] = defaultdict(list)
-        for row in json.loads((args.world / "annotations" / args.split / f"{name}.json").read_text()):
+        for row in json.loads(manifest.path(f"{args.split}/{name}").read_text()):
             if len(by_type[row["type"]]) < args.per_type:
                 by_type[row["type"]].append(row)
         for question_type, rows in by_type.items():

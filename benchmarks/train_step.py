@@ -24,7 +24,8 @@ from bench_memory import measure_memory_in_child, memory_child
 VARIANTS = ("ours", "peer-default", "peer-best")
 EXTRA = ("ours-compiled", "ours-sdpa", "ours-checkpointed")
 """Also selectable with `--variants`: ours with `run.compile` (each transformer block compiled; the first steps
-compile) and ours with SDPA attention instead of `model.attention=auto` (eager on CPU)."""
+compile), ours with SDPA attention instead of `model.attention=auto` (eager on CPU), and ours with
+`run.activation_checkpointing` (the LLM's and Q-Former's layers recomputed in the backward pass)."""
 
 
 def main() -> int:

@@ -80,15 +80,20 @@ def _dataset_caches(  # noqa: PLR0913 - what one dataset's caches need
             logger.info("feature cache: %s/%s not cached (preprocessing is random or not cacheable)", name, modality)
             continue
         cache = FeatureCache(root, modality, fingerprint(modality), preprocessing)
-        if fill_missing and not cache.is_complete_for(name, _media_set_key(source, modality)):
-            logger.info("feature cache: %s/%s: wrote %d entries", name, modality, fill(cache, name, source, model))
-        if cache.is_complete_for(name, _media_set_key(source, modality)):
+        media = media_set_key(source.media.roots[modality], (row.media_id for row in source.rows))
+        if fill_missing and not cache.is_complete_for(name, media):
+            written = fill(cache, name, source, model, media)
+            logger.info("feature cache: %s/%s: wrote %d entries", name, modality, written)
+        if cache.is_complete_for(name, media):
             caches[modality] = cache
     return caches
 
 
-def fill(cache: FeatureCache, name: str, source: Any, model: ChatBridgeModel, batch_size: int = 16) -> int:
-    """Compute the missing entries of `source`'s media of `cache.modality`; returns how many were written.
+def fill(  # noqa: PLR0913 - the cache, what fills it, and the media set it is then complete for
+    cache: FeatureCache, name: str, source: Any, model: ChatBridgeModel, media: str, batch_size: int = 16
+) -> int:
+    """Compute the missing entries of `source`'s media of `cache.modality`, then mark the cache complete for `name`
+    with `media` (its `media_set_key`); returns how many entries were written.
 
     Unusable media are left out (training skips them the same way, as "missing" from the cache).
     """
@@ -103,12 +108,8 @@ def fill(cache: FeatureCache, name: str, source: Any, model: ChatBridgeModel, ba
             except MediaError:
                 continue
         written += _encode_and_write(cache, model, blocks)
-    cache.mark_complete(name, _media_set_key(source, modality))
+    cache.mark_complete(name, media)
     return written
-
-
-def _media_set_key(source: Any, modality: str) -> str:
-    return media_set_key(source.media.roots[modality], (row.media_id for row in source.rows))
 
 
 def _missing_paths(cache: FeatureCache, modality: str, root: Path, media_ids: list[str]) -> list[Path]:
