@@ -1,7 +1,7 @@
 """The fast paths of the training step compute what the plain ones compute.
 
-Logits at supervised positions only (gathered by index, the last column never run through the LLM) against the full
-LLM output; frozen towers and the LLM stored in bf16 against fp32 storage under the same bf16 autocast.
+Losses at supervised positions only (gathered by index, the last column never run through the LLM) against the
+full LLM output; frozen towers and the LLM stored in bf16 against fp32 storage under the same bf16 autocast.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def samples_for(config) -> list[list]:
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_supervised_logits_equal_the_full_llm_logits_at_those_positions(tiny_model, tiny_config, padding_side):
+def test_supervised_token_losses_equal_those_of_the_full_llm_logits(tiny_model, tiny_config, padding_side):
     tiny_model.eval()
     batch = make_batch(tiny_model, samples_for(tiny_config), padding_side)
     with torch.no_grad():
@@ -41,11 +41,10 @@ def test_supervised_logits_equal_the_full_llm_logits_at_those_positions(tiny_mod
         ).logits.float()
     targets = batch.labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    expected = full[:, :-1][supervised]  # (K, V)
-    assert output.logits.shape == expected.shape == (int(supervised.sum()), full.shape[-1])
-    torch.testing.assert_close(output.logits, expected, rtol=1e-5, atol=1e-5)
-    expected_loss = F.cross_entropy(expected, targets[supervised])
-    torch.testing.assert_close(output.loss, expected_loss, rtol=1e-5, atol=1e-6)
+    expected = F.cross_entropy(full[:, :-1][supervised], targets[supervised], reduction="none")  # (K,)
+    assert output.token_losses.shape == expected.shape == (int(supervised.sum()),)
+    torch.testing.assert_close(output.token_losses, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.loss, expected.mean(), rtol=1e-5, atol=1e-6)
 
 
 def with_precision(config, precision: str):

@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chatbridge.config import ModelConfig, RouteConfig
 from chatbridge.data.batch import IGNORE_INDEX, ChatBridgeBatch
 from chatbridge.models.encoders.base import Encoder
 from chatbridge.models.token_rows import TokenRows, token_rows_from_llm
+from chatbridge.models.vocab_loss import token_cross_entropy
 from chatbridge.registry import CONNECTORS, ENCODERS, LLMS, MODELS
 
 
@@ -32,14 +32,14 @@ class ChatBridgeOutput:
     loss: scalar, mean cross-entropy over every supervised token of the batch (0 if there is none).
     per_sample_loss: (B,) mean cross-entropy over each sample's supervised tokens (0 for a sample with none);
         what likelihood-based evaluation ranks options by.
-    logits: (K, V) logits at the K supervised positions only; full-vocabulary logits for every position are
-        never materialised.
+    token_losses: (K,) cross-entropy at each of the K supervised positions, in row-major order; vocabulary-wide
+        logits are never kept (`vocab_loss`).
     num_supervised_tokens: K.
     """
 
     loss: Tensor
     per_sample_loss: Tensor
-    logits: Tensor
+    token_losses: Tensor
     num_supervised_tokens: int
 
 
@@ -193,16 +193,17 @@ class ChatBridgeModel(nn.Module):
         targets = batch.labels[:, 1:]  # position t predicts token t + 1
         supervised = targets != IGNORE_INDEX  # (B, L-1)
         # Boolean-mask indexing gathers the K supervised rows into a contiguous (K, D) tensor before the LM head
-        # (a strided view would make a bf16 linear on CPU about 20x slower), so full-vocabulary logits exist for
-        # supervised positions only.
-        logits = self.llm.get_output_embeddings()(hidden[supervised]).float()  # (K, V)
-        token_losses = F.cross_entropy(logits, targets[supervised], reduction="none")  # (K,)
+        # (a strided view would make a bf16 linear on CPU about 20x slower), so vocabulary-wide logits exist for
+        # supervised positions only, and for a chunk of them at a time.
+        token_losses = token_cross_entropy(hidden[supervised], self.llm.get_output_embeddings(), targets[supervised])
         count = int(supervised.sum())
         rows = supervised.nonzero()[:, 0]  # (K,) sample of each supervised token
         per_sample_sum = token_losses.new_zeros(len(targets)).index_add(0, rows, token_losses)
         per_sample = per_sample_sum / supervised.sum(-1).clamp(min=1)
         loss = token_losses.sum() / max(count, 1)
-        return ChatBridgeOutput(loss=loss, per_sample_loss=per_sample, logits=logits, num_supervised_tokens=count)
+        return ChatBridgeOutput(
+            loss=loss, per_sample_loss=per_sample, token_losses=token_losses, num_supervised_tokens=count
+        )
 
 
 def last_medium_of_each_row(positions: Mapping[str, Tensor], shape: torch.Size) -> dict[str, Tensor]:
