@@ -16,9 +16,9 @@ from bench_common import DTYPES, IGNORE_INDEX, Preset, autocast, llama_config, o
 def build_peer(preset: Preset, precision: str, best: bool):
     """transformers' BLIP-2 with our dimensions and trainable set.
 
-    Default settings: fp32 weights (autocast casts them), SDPA attention. Best settings (`best`): frozen vision
-    model and LLM stored in the step's precision, eager attention (the step then also asks for logits at the
-    caption positions only, see `peer_step`).
+    Default settings: fp32 weights (autocast casts them), SDPA attention, Q-Former dropout 0.1. Best settings
+    (`best`): frozen vision model and LLM stored in the step's precision, eager attention, no dropout (the step then
+    also asks for logits at the caption positions only, see `peer_step`).
     """
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
@@ -38,6 +38,8 @@ def build_peer(preset: Preset, precision: str, best: bool):
             "intermediate_size": preset.qformer_mlp,
             "encoder_hidden_size": preset.vit_width,
             "cross_attention_frequency": 2,
+            # Best: no dropout, as in ChatBridge's stage 1 (ours too); BLIP-2's default is 0.1.
+            **({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if best else {}),
         },
         text_config=llama_config(preset).to_dict(),
         num_query_tokens=preset.queries,

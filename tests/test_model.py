@@ -372,12 +372,17 @@ def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
 
+    runs = []  # how often the first LLM layer's MLP runs per step: once, or twice when recomputed
+    tiny_model.llm.get_decoder().layers[0].mlp.register_forward_pre_hook(lambda *_: runs.append(1))
+
     tiny_model.train()
     plain_loss, plain_grads = loss_and_grads()
+    assert len(runs) == 1
     assert enable_activation_checkpointing(tiny_model) == ["connector.qformer", "llm"]
     assert not tiny_model.llm.training  # frozen: stays in eval mode (no dropout), and is checkpointed all the same
     loss, grads = loss_and_grads()
     assert kept[1] < 0.5 * kept[0]
+    assert len(runs) == 1 + 2  # the checkpointed step: the forward pass and one recomputation
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
     assert grads.keys() == plain_grads.keys()
     for name in grads:
