@@ -253,16 +253,28 @@ def autocast(precision: str):
 # ----------------------------------------------------------------------------------------------- steps by name
 
 
-OUR_VARIANTS = {  # name -> (modalities, stage-2 prompt, run.compile, model.attention)
-    "ours": (("image",), False, False, "auto"),
-    "ours-compiled": (("image",), False, True, "auto"),
-    "ours-sdpa": (("image",), False, False, "sdpa"),
-    "ours-cached": (("image",), False, False, "auto"),  # the image features read from the feature cache
-    "ours-checkpointed": (("image",), False, False, "auto"),  # run.activation_checkpointing
-    "ours-video": (("video",), False, False, "auto"),
-    "ours-video-compiled": (("video",), False, True, "auto"),
-    "ours-stage2": (("video", "audio"), True, False, "auto"),
-    "ours-stage2-compiled": (("video", "audio"), True, True, "auto"),
+@dataclasses.dataclass(frozen=True)
+class OurVariant:
+    """One of our training steps: which media, and which of the training loop's switches are on."""
+
+    modalities: tuple[str, ...] = ("image",)
+    stage2_prompt: bool = False  # an instruction before the media, as in stage 2
+    compiled: bool = False  # run.compile
+    attention: str = "auto"  # model.attention
+    checkpointed: bool = False  # run.activation_checkpointing
+    cached: bool = False  # the image features read from the feature cache (run.feature_cache)
+
+
+OUR_VARIANTS = {
+    "ours": OurVariant(),
+    "ours-compiled": OurVariant(compiled=True),
+    "ours-sdpa": OurVariant(attention="sdpa"),
+    "ours-cached": OurVariant(cached=True),
+    "ours-checkpointed": OurVariant(checkpointed=True),
+    "ours-video": OurVariant(("video",)),
+    "ours-video-compiled": OurVariant(("video",), compiled=True),
+    "ours-stage2": OurVariant(("video", "audio"), stage2_prompt=True),
+    "ours-stage2-compiled": OurVariant(("video", "audio"), stage2_prompt=True, compiled=True),
 }
 
 
@@ -274,15 +286,15 @@ def make_step(variant: str, preset: Preset, precision: str) -> Callable[[], None
 
         best = variant == "peer-best"
         return peer_step(build_peer(preset, precision, best), peer_batch(preset, best), precision)
-    modalities, stage2, compiled, attention = OUR_VARIANTS[variant]
-    model = build_ours(preset, precision, compile_blocks=compiled, attention=attention)
-    if variant == "ours-checkpointed":
+    ours = OUR_VARIANTS[variant]
+    model = build_ours(preset, precision, compile_blocks=ours.compiled, attention=ours.attention)
+    if ours.checkpointed:
         from chatbridge.models.setup import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
-    text_before = preset.prompt if stage2 else 0
-    batch = our_batch(preset, our_media(preset, modalities), text_before)
-    if variant == "ours-cached":  # what `run.feature_cache` hands the model: the frozen tower's outputs
+    text_before = preset.prompt if ours.stage2_prompt else 0
+    batch = our_batch(preset, our_media(preset, ours.modalities), text_before)
+    if ours.cached:  # what `run.feature_cache` hands the model: the frozen tower's outputs
         with torch.no_grad():
             features = model.tower_features("image", batch.media["image"]).unsqueeze(1)  # (N, 1, L, D)
         batch = dataclasses.replace(batch, media={}, features={"image": features})
