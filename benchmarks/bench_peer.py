@@ -1,8 +1,9 @@
 """The peer: transformers' `Blip2ForConditionalGeneration` with our preset's dims, trainable set, batch and precision.
 
 Default settings: fp32 weights (autocast casts them every step), SDPA attention, logits at every position. Best
-settings: frozen vision model and LLM stored in the step's precision, eager attention, logits at BOS and the caption
-only, selected by an index tensor (`logits_to_keep`).
+settings: frozen vision model and LLM stored in the step's precision, eager attention in the parts trained through
+(SDPA in the forward-only vision model), logits at BOS and the caption only, selected by an index tensor
+(`logits_to_keep`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ def build_peer(preset: Preset, precision: str, best: bool):
     """transformers' BLIP-2 with our dimensions and trainable set.
 
     Default settings: fp32 weights (autocast casts them), SDPA attention, Q-Former dropout 0.1. Best settings
-    (`best`): frozen vision model and LLM stored in the step's precision, eager attention, no dropout (the step then
-    also asks for logits at the caption positions only, see `peer_step`).
+    (`best`): frozen vision model and LLM stored in the step's precision, eager attention in the Q-Former and the
+    LLM and SDPA in the vision model, no dropout (the step then also asks for logits at the caption positions only,
+    see `peer_step`).
     """
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
@@ -46,6 +48,8 @@ def build_peer(preset: Preset, precision: str, best: bool):
         image_token_index=preset.vocab - 1,
     )
     config._attn_implementation = "eager" if best else "sdpa"
+    if best:  # the frozen vision model runs forward only, where SDPA is the faster kernel (as in ours)
+        config.vision_config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     # Best: built in the step's precision as `from_pretrained(dtype=...)` loads it, which keeps the modules the
     # class lists in `_keep_in_fp32_modules` (the Q-Former and the queries) in fp32; `_from_config` does not, so

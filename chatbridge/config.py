@@ -195,7 +195,8 @@ class ModelConfig:
     """Seed of the parts' random initialisation; frozen random towers (tiny presets) are rebuilt from it."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernels of EVA, the Q-Former and the LLM: eager (matmul + softmax), sdpa (PyTorch's fused
-    kernel), or auto = eager on CPU, where it is faster (benchmarks/), and sdpa on GPUs."""
+    kernel), or auto = sdpa, except eager on CPU for the parts trained through (Q-Former, LLM), where SDPA's
+    backward is slower (the README's benchmark section)."""
 
     def __post_init__(self) -> None:
         at_least(self, "model", 1, "max_txt_len")

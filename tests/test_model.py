@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import dataclasses
 
 import pytest
@@ -379,6 +381,9 @@ def test_activation_checkpointing_changes_neither_loss_nor_gradients(tiny_model)
     plain_loss, plain_grads = loss_and_grads()
     assert len(runs) == 1
     assert enable_activation_checkpointing(tiny_model) == ["connector.qformer", "llm"]
+    enable_activation_checkpointing(tiny_model)  # a second call changes nothing
+    wrapped = tiny_model.llm.get_decoder().layers[0].forward  # partial(checkpointed, the layer's own forward)
+    assert inspect.ismethod(wrapped.args[0]), "a second call wrapped the layer twice"
     assert not tiny_model.llm.training  # frozen: stays in eval mode (no dropout), and is checkpointed all the same
     loss, grads = loss_and_grads()
     assert kept[1] < 0.5 * kept[0]

@@ -71,3 +71,45 @@ def test_frozen_parts_stored_in_bf16_give_the_loss_and_gradients_of_fp32_storage
     torch.testing.assert_close(losses[0], losses[1], rtol=0.02, atol=0.02)
     cosine = F.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
     assert cosine > 0.98, f"gradient directions differ: cosine {cosine:.4f}"
+
+
+def attention_kernels(model) -> dict[str, set[str]]:
+    """Which attention kernel each part runs: timm's `fused_attn` flags (EVA) and Hugging Face's implementation."""
+    kernels: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        part = name.split(".")[0] if not name.startswith("encoders.") else ".".join(name.split(".")[:2])
+        if hasattr(module, "fused_attn"):
+            kernels.setdefault(part, set()).add("sdpa" if module.fused_attn else "eager")
+        elif hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
+            kernels.setdefault(part, set()).add(module.config._attn_implementation)
+    return kernels
+
+
+@pytest.mark.parametrize(
+    ("choice", "device_type", "tower", "trained_through"),
+    [("auto", "cpu", "sdpa", "eager"), ("auto", "cuda", "sdpa", "sdpa"), ("eager", "cpu", "eager", "eager")],
+)
+def test_attention_choice_gives_frozen_towers_and_trained_through_parts_their_kernels(
+    tiny_config, choice, device_type, tower, trained_through
+):
+    from chatbridge.models.setup import prepare_for_training
+
+    model = build_model_for_training(dataclasses.replace(tiny_config, attention=choice))
+    prepare_for_training(model, dataclasses.replace(tiny_config, attention=choice), device_type)
+    kernels = attention_kernels(model)
+    assert kernels["encoders.vision"] == {tower}
+    assert kernels["connector"] == kernels["llm"] == {trained_through}
+
+
+def test_fused_and_eager_attention_give_the_same_frozen_tower_features(tiny_config):
+    model = build_model_for_training(tiny_config).eval()
+    image = samples_for(tiny_config)[0][1][1].unsqueeze(0)
+    features = {}
+    for fused in (True, False):
+        for module in model.encoders["vision"].modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused
+        with torch.no_grad():
+            features[fused] = model.tower_features("image", image)
+    torch.testing.assert_close(features[True], features[False], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(features[True], features[False])  # two kernels ran, not one twice

@@ -41,17 +41,23 @@ def prepare_for_training(model: ChatBridgeModel, cfg: ModelConfig, device_type: 
     attention kernels for `device_type`, then exactly `cfg.trainable` trainable."""
     cast_frozen_towers(model, cfg)
     set_attention(model, attention_kernel(cfg.attention, device_type))
+    for key, encoder_cfg in cfg.encoders.items():
+        if encoder_cfg.frozen:
+            set_attention(model.encoders[key], attention_kernel(cfg.attention, device_type, forward_only=True))
     set_trainable(model, cfg.trainable)
 
 
-def attention_kernel(choice: str, device_type: str) -> str:
-    """`model.attention` for a device: `auto` is eager on CPU and SDPA elsewhere.
+def attention_kernel(choice: str, device_type: str, forward_only: bool = False) -> str:
+    """`model.attention` for a device and a part: `auto` is SDPA, except on CPU for the parts that gradients pass
+    through (the Q-Former, the LLM), which take eager attention.
 
-    On CPU, PyTorch's fused SDPA (flash attention for CPU) is slower than matmul + softmax at these sequence lengths,
-    most of all its backward in bf16 (benchmarks/README: a quarter of a bf16 step for under 3 % of its FLOPs).
+    On CPU, PyTorch's fused SDPA (flash attention for CPU) is slower than matmul + softmax at these sequence lengths
+    in the backward pass, most of all in bf16 (the README's benchmark section: a quarter of a bf16 step for under 3 %
+    of its FLOPs). A frozen tower runs forward only, and there SDPA is as fast in bf16 and twice as fast in fp32
+    (EVA's 257-token attention at bench-medium: 23 against 47 ms per layer on one thread).
     """
     if choice == "auto":
-        return "eager" if device_type == "cpu" else "sdpa"
+        return "eager" if device_type == "cpu" and not forward_only else "sdpa"
     return choice
 
 
@@ -127,11 +133,15 @@ def _checkpoint_layers_in_eval_mode(part: nn.Module) -> None:
 
     transformers checkpoints a layer only while it is in training mode, and frozen parts stay in eval mode (no
     dropout), so its own switch would recompute nothing there; torch's checkpoint around each layer's forward does,
-    whenever gradients are being recorded.
+    whenever gradients are being recorded. A layer already wrapped is left as it is.
     """
     for layer in part.modules():
-        if isinstance(layer, GradientCheckpointingLayer):
+        if isinstance(layer, GradientCheckpointingLayer) and not _is_checkpointed(layer.forward):
             layer.forward = functools.partial(_checkpointed, layer.forward)
+
+
+def _is_checkpointed(forward: Callable[..., Any]) -> bool:
+    return isinstance(forward, functools.partial) and forward.func is _checkpointed
 
 
 def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
