@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
-
 import dataclasses
+import inspect
 
 import pytest
 import torch
