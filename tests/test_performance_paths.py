@@ -1,7 +1,8 @@
 """The fast paths of the training step compute what the plain ones compute.
 
 Losses at supervised positions only (gathered by index, the last column never run through the LLM) against the
-full LLM output; frozen towers and the LLM stored in bf16 against fp32 storage under the same bf16 autocast.
+full LLM output; frozen towers and the LLM stored in bf16 against fp32 storage under the same bf16 autocast; the
+attention kernel `model.attention` gives each part, and a frozen tower's features under either kernel.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from chatbridge.data.batch import IGNORE_INDEX
-from chatbridge.models.setup import build_model_for_training
+from chatbridge.models.setup import build_model_for_training, prepare_for_training
 from tests.test_model import make_batch
 
 
@@ -92,10 +93,9 @@ def attention_kernels(model) -> dict[str, set[str]]:
 def test_attention_choice_gives_frozen_towers_and_trained_through_parts_their_kernels(
     tiny_config, choice, device_type, tower, trained_through
 ):
-    from chatbridge.models.setup import prepare_for_training
-
-    model = build_model_for_training(dataclasses.replace(tiny_config, attention=choice))
-    prepare_for_training(model, dataclasses.replace(tiny_config, attention=choice), device_type)
+    config = dataclasses.replace(tiny_config, attention=choice)
+    model = build_model_for_training(config)
+    prepare_for_training(model, config, device_type)  # again, for the device type under test
     kernels = attention_kernels(model)
     assert kernels["encoders.vision"] == {tower}
     assert kernels["connector"] == kernels["llm"] == {trained_through}
