@@ -196,7 +196,7 @@ class ChatBridgeModel(nn.Module):
         # (a strided view would make a bf16 linear on CPU about 20x slower), so vocabulary-wide logits exist for
         # supervised positions only, and for a chunk of them at a time.
         token_losses = token_cross_entropy(hidden[supervised], self.llm.get_output_embeddings(), targets[supervised])
-        count = int(supervised.sum())
+        count = len(token_losses)  # K
         rows = supervised.nonzero()[:, 0]  # (K,) sample of each supervised token
         per_sample_sum = token_losses.new_zeros(len(targets)).index_add(0, rows, token_losses)
         per_sample = per_sample_sum / supervised.sum(-1).clamp(min=1)
